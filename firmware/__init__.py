@@ -1,0 +1,1 @@
+"""The charge controller: one asyncio process per charge point (`voltpilot run`)."""

@@ -1,0 +1,309 @@
+"""The composition root: load the board, build the hardware, the store and the connector, wire
+the control interface and the scenario, run until told to stop, and shut down in a safe order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from firmware import console, logs
+from firmware.core.limits import Limit, LimitSource
+from firmware.core.reasons import FaultCode, StopReason
+from firmware.evse.connector import Connector
+from firmware.evse.limit_port import LimitPort
+from firmware.evse.session import Session
+from firmware.scenario import Scenario, load_scenario
+from firmware.store.db import Store
+from firmware.virtual_time import VirtualTimeLoop
+from hal.board import Board
+from hal.clock import Clock, VirtualClock, WallClock, iso
+from hal.hardware import Hardware, open_hardware
+from hal.sim.control import Arg, Command, CommandError, CommandTable, plant_commands, serve
+
+
+class RunError(Exception):
+    """The controller cannot start as asked (exit code 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    virtual_time: bool = False
+    scenario: Path | None = None
+    duration: float | None = None
+    data_dir: Path = Path("var")
+    status: str = "auto"              # auto | tty | lines | off
+    status_every: float | None = None  # clock seconds between status lines
+    log: str | None = None            # file path, "-" for stderr; default data_dir/voltpilot.log
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """One controller per data directory: a second one would fight over the same records."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "voltpilot.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RunError(f"another voltpilot is running with data directory {data_dir}") \
+                from exc
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+class Controller:
+    def __init__(self, board: Board, clock: Clock, opts: RunOptions, out: TextIO) -> None:
+        self.board = board
+        self.clock = clock
+        self.opts = opts
+        self.out = out
+        self.limits = LimitPort()
+        self.stop = asyncio.Event()
+        self.hw: Hardware = open_hardware(board, clock)
+        self.store: Store | None = None
+        self.connector: Connector | None = None
+        self.table = CommandTable(plant_commands(self.hw.plant) if self.hw.plant else [])
+        for command in self._controller_commands():
+            self.table.add(command)
+        self.scenario: Scenario | None = None
+        if opts.scenario is not None:
+            self.scenario = load_scenario(opts.scenario, self.table)
+        if opts.virtual_time and opts.duration is None and not (
+                self.scenario and self.scenario.stops):
+            raise RunError("virtual time runs as fast as it can: give --duration or a scenario "
+                           "with a 'stop' action")
+        self.log = logs.get("app")
+        self._status_tty = False
+        self._last_status_wall = 0.0
+        self.scenario_errors = 0
+
+    # ---- commands the controller adds to the plant's ---------------------------------------
+
+    def _controller_commands(self) -> list[Command]:
+        sources = tuple(s.key for s in LimitSource)
+
+        def limit(args: dict[str, Any]) -> dict[str, Any]:
+            if ("amps" in args) == ("watts" in args):
+                raise CommandError("limit: give amps or watts, exactly one")
+            now = self.clock.now()
+            duration = args.get("duration_s")
+            phases = args.get("phases")
+            try:
+                lim = Limit.of(LimitSource.from_key(args["source"]),
+                               args.get("reason", "set through the control interface"),
+                               amps=args.get("amps"), watts=args.get("watts"),
+                               phases=None if phases is None else int(phases),
+                               valid_until=None if duration is None else now + duration)
+            except ValueError as exc:
+                raise CommandError(f"limit: {exc}") from exc
+            self.limits.submit(lim)
+            return self._status()
+
+        def clear_limit(args: dict[str, Any]) -> dict[str, Any]:
+            self.limits.withdraw(LimitSource.from_key(args["source"]))
+            return self._status()
+
+        def boost(args: dict[str, Any]) -> dict[str, Any]:
+            self.limits.set_boost(args["on"])
+            return self._status()
+
+        def reset_faults(args: dict[str, Any]) -> dict[str, Any]:
+            codes = args.get("codes")
+            if self.connector is None:
+                raise CommandError("reset_faults: the controller is not running")
+            self.connector.reset_faults(
+                None if codes is None else frozenset(FaultCode(c) for c in codes))
+            return self._status()
+
+        def stop(_: dict[str, Any]) -> dict[str, Any]:
+            self.stop.set()
+            return {}
+
+        return [
+            Command("status", "read the controller's state", (), lambda a: self._status()),
+            Command("limit", "set a limit as if an adapter had (simulation and tests)",
+                    (Arg("source", "string", True, sources), Arg("amps", "number", lo=0.0),
+                     Arg("watts", "number", lo=0.0), Arg("phases", "number", choices=(1, 2, 3)),
+                     Arg("reason", "string"), Arg("duration_s", "number", lo=0.001)), limit),
+            Command("clear_limit", "withdraw a source's limit",
+                    (Arg("source", "string", True, sources),), clear_limit),
+            Command("boost", "the user's boost (lifts optimisation and tariff limits)",
+                    (Arg("on", "bool", True),), boost),
+            Command("reset_faults", "an operator's manual fault reset (all, or the codes named)",
+                    (Arg("codes", "strings", choices=tuple(f.value for f in FaultCode)),),
+                    reset_faults),
+            Command("stop", "shut the controller down", (), stop),
+        ]
+
+    def _status(self) -> dict[str, Any]:
+        c = self.connector
+        if c is None:
+            return {"status": None}
+        v = c.view()
+        b = v.limit.binding
+        s = v.session
+        return {"status": {
+            "time": iso(self.clock.now()), "iec": v.iec, "phase": v.phase.value,
+            "suspend": v.state.suspend.value if v.state.suspend else None,
+            "faults": sorted(f.value for f in v.state.faults),
+            "pilot": {"mode": v.state.pilot.mode.value, "duty": v.state.pilot.duty},
+            "contactor": v.state.contactor, "offered_a": v.state.offered_a,
+            "limit": {"amps": v.limit.amps, "phases": v.limit.phases,
+                      "source": b.source.key if b else None,
+                      "class": b.cls.name.lower() if b else None,
+                      "reason": b.reason if b else None},
+            "wakeups": v.state.wakeups_total,
+            "session": None if s is None else {
+                "id": s.id, "status": s.status.value, "energy_wh": s.energy_wh,
+                "wakeups": s.wakeups, "faults": [f.value for f in s.faults]},
+        }}
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        opts = self.opts
+        loop = asyncio.get_running_loop()
+        self.store = Store(opts.data_dir / "voltpilot.db")
+        dangling = self.store.close_dangling(iso(self.clock.now()),
+                                             StopReason.CONTROLLER_RESTART.value)
+        if dangling:
+            logs.log(self.log, "sessions_closed_after_restart", sessions=dangling)
+        self.connector = Connector(1, self.board, self.hw, self.clock, self.store, self.limits)
+        self.connector.session_listeners.append(self._print_summary)
+        server = None
+        socket_path = None
+        if self.hw.plant is not None:
+            socket_path = Path(self.board.sim.control_socket or opts.data_dir / "plant.sock")
+            server = await serve(socket_path, self.table)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop.set)
+        self.hw.start()
+        self.connector.start()
+        tasks = [loop.create_task(self._print_status())]
+        if self.scenario is not None:
+            tasks.append(loop.create_task(self._run_scenario(self.scenario)))
+        if opts.duration is not None:
+            loop.call_later(opts.duration, self.stop.set)
+        mode = "virtual time" if opts.virtual_time else "real time"
+        where = f", plant control unix:{socket_path}" if socket_path else ""
+        self._say(f"voltpilot ready: board {self.board.name}, connector 1, {mode}{where}")
+        logs.log(self.log, "ready", board=self.board.name, virtual_time=opts.virtual_time,
+                 plant_socket=str(socket_path) if socket_path else None)
+        try:
+            await self.stop.wait()
+        finally:
+            # The contactor opens before anything else is torn down.
+            self.connector.shutdown(StopReason.CONTROLLER_SHUTDOWN)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+                if socket_path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        socket_path.unlink()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            self.hw.stop()
+            self.store.close()
+            self._end_status_line()
+            logs.log(self.log, "stopped")
+        self._say("voltpilot stopped: contactor open")
+        return 0
+
+    async def _run_scenario(self, scenario: Scenario) -> None:
+        start = self.clock.now()
+        for i, action in enumerate(scenario.actions, start=1):
+            delay = start + action.at - self.clock.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            answer = self.table.execute(action.request)
+            logs.log(self.log, "scenario_action", index=i, at=action.at,
+                     cmd=action.request.get("cmd"), ok=answer["ok"],
+                     error=answer.get("error"))
+            if not answer["ok"]:
+                self.scenario_errors += 1
+                self._say(f"scenario {scenario.path.name}: action {i} "
+                          f"({action.request.get('cmd')}) failed: {answer['error']}",
+                          stream=sys.stderr)
+
+    # ---- the terminal ----------------------------------------------------------------------------
+
+    def _status_mode(self) -> str:
+        mode = self.opts.status
+        if mode == "auto":
+            return "tty" if self.out.isatty() else "lines"
+        return mode
+
+    async def _print_status(self) -> None:
+        mode = self._status_mode()
+        if mode == "off":
+            return
+        every = self.opts.status_every or (300.0 if self.opts.virtual_time else 1.0)
+        self._status_tty = mode == "tty"
+        while True:
+            await asyncio.sleep(every)
+            wall = time.monotonic()
+            if self._status_tty and wall - self._last_status_wall < 0.2:
+                continue  # virtual time can outrun a terminal
+            self._last_status_wall = wall
+            assert self.connector is not None
+            line = console.status_line(1, self.connector.view(), self.clock.now())
+            if self._status_tty:
+                self.out.write("\r\x1b[2K" + line)
+                self.out.flush()
+            else:
+                self._say(line)
+
+    def _end_status_line(self) -> None:
+        if self._status_tty:
+            self.out.write("\r\x1b[2K")
+            self.out.flush()
+
+    def _print_summary(self, session: Session) -> None:
+        self._end_status_line()
+        self._say(console.summary(session))
+
+    def _say(self, text: str, stream: TextIO | None = None) -> None:
+        target = stream or self.out
+        target.write(text + "\n")
+        target.flush()
+
+
+def run(board: Board, opts: RunOptions, out: TextIO = sys.stdout) -> int:
+    """Run the controller until stopped; RunError or BoardError mean exit code 2."""
+    with data_dir_lock(opts.data_dir), _log_target(opts) as log_stream:
+        clock: Clock
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+        if opts.virtual_time:
+            vclock = VirtualClock()
+            clock = vclock
+            factory = lambda: VirtualTimeLoop(vclock)  # noqa: E731
+        else:
+            clock = WallClock()
+        logs.setup(clock, log_stream)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            controller = Controller(board, clock, opts, out)
+            return runner.run(controller.run())
+
+
+@contextlib.contextmanager
+def _log_target(opts: RunOptions) -> Iterator[TextIO]:
+    if opts.log == "-":
+        yield sys.stderr
+        return
+    path = Path(opts.log) if opts.log else opts.data_dir / "voltpilot.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        yield handle

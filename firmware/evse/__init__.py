@@ -1,0 +1,1 @@
+"""One connector's session lifecycle: drives the board through the core."""

@@ -1,0 +1,1 @@
+"""SQLite persistence of sessions, events and latched faults."""

@@ -1,0 +1,1 @@
+"""Hardware abstraction: role interfaces, board files, backends. Imports nothing of ours."""

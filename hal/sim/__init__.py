@@ -1,0 +1,1 @@
+"""The simulated plant and the HAL roles it plays."""
