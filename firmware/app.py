@@ -50,12 +50,14 @@ class RunOptions:
 def data_dir_lock(data_dir: Path) -> Iterator[None]:
     """One controller per data directory: a second one would fight over the same records."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "voltpilot.lock", "w") as handle:
+    # Opened for appending: the pid of a running holder must survive a refused attempt.
+    with open(data_dir / "voltpilot.lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise RunError(f"another voltpilot is running with data directory {data_dir}") \
                 from exc
+        handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()
         yield

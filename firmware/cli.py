@@ -59,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=Path, default=default_data)
     s.add_argument("--limit", type=int, default=20)
 
-    f = sub.add_parser("faults", help="show latched faults; --reset clears them (controller "
-                       "stopped)")
+    f = sub.add_parser("faults", help="show latched faults; --reset clears them (only while "
+                       "the controller is stopped)")
     f.add_argument("--data-dir", type=Path, default=default_data)
     f.add_argument("--reset", nargs="*", metavar="CODE", help="clear these (all if none named)")
     return p
@@ -111,13 +111,19 @@ def _faults(data_dir: Path, reset: list[str] | None) -> int:
             print(f"voltpilot: unknown fault {code!r}; expected one of {', '.join(sorted(known))}",
                   file=sys.stderr)
             return 2
-    with data_dir_lock(data_dir):
-        store = Store(data_dir / "voltpilot.db")
-        try:
-            if reset is None:
+    db = data_dir / "voltpilot.db"
+    if reset is None:
+        if db.exists():  # reading needs no lock: WAL lets a running controller go on writing
+            store = Store(db)
+            try:
                 for code in store.latched(1):
                     print(f"{code}: {FAULT_RULES[FaultCode(code)].why}")
-                return 0
+            finally:
+                store.close()
+        return 0
+    with data_dir_lock(data_dir):
+        store = Store(db)
+        try:
             cleared = store.unlatch(1, reset or None)
             print("cleared: " + (", ".join(cleared) or "nothing"))
         finally:

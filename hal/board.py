@@ -296,13 +296,20 @@ def _check_value(value: Any, kind: Any, meta: Any, where: str) -> Any:
         return value
     if kind in (int, float):
         ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+        if isinstance(value, bool) or not ok_type or not _finite(value):
             noun = "a whole number" if kind is int else "a number"
             raise BoardError(f"{where}: expected {noun} in {_range(lo, hi)}, got {value!r}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise BoardError(f"{where}: expected a value in {_range(lo, hi)}, got {value!r}")
         return kind(value)
     raise TypeError(f"{where}: no reader for fields of type {kind!r}")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _range(lo: float | None, hi: float | None) -> str:

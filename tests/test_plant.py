@@ -60,7 +60,7 @@ def test_energy_is_exact_whatever_the_step() -> None:
 
 
 def test_taper_near_full() -> None:
-    plant, clock = plant_with(PROFILES["compact_3p"].with_overrides({"soc": 0.9}))
+    plant, _ = plant_with(PROFILES["compact_3p"].with_overrides({"soc": 0.9}))
     assert plant.ev is not None
     assert plant.ev.max_draw_a() == pytest.approx(16 - 0.5 * (16 - 2))
 
