@@ -66,6 +66,8 @@ class Connector:
         self.meter: MeterReading | None = None
         self.rcd_test = RcdTest.NOT_RUN
         self.session_listeners: list[Callable[[Session], None]] = []
+        # Called after every step with its result: status pushers (and the soak test) use it.
+        self.step_listeners: list[Callable[[Step], None]] = []
         self._rating = Limit.of(LimitSource.BOARD_RATING, f"board {board.name} rating",
                                 amps=board.ratings.max_current_a)
         self._applied: Command | None = None
@@ -154,6 +156,8 @@ class Connector:
             self.hw.watchdog.kick()
         self._wake_at = result.wake_at
         self._reschedule(now)
+        for listener in self.step_listeners:
+            listener(result)
 
     def _read_meter(self) -> MeterReading | None:
         return self.hw.meter.read() if self.hw.meter is not None else None
