@@ -153,8 +153,15 @@ class TemperatureSensor(Protocol):
 
 
 class Watchdog(Protocol):
+    """Hardware that turns PWM off and opens the contactor when the controller goes silent.
+
+    Once it has tripped it holds that safe state until it is armed again.
+    """
+
     def arm(self, timeout_s: float) -> None: ...
 
     def kick(self) -> None: ...
 
     def disarm(self) -> None: ...
+
+    def tripped(self) -> bool: ...

@@ -177,3 +177,13 @@ def test_thermal_derating_is_linear_between_start_and_stop() -> None:
     assert half.amps == pytest.approx(19.0)  # halfway between 32 A and 6 A
     top = thermal_limit(90.0, board)
     assert top is not None and top.amps == 6.0
+
+
+def test_two_cuts_in_a_row_still_allow_the_first_offer(bench: CoreBench) -> None:
+    bench.charging()
+    bench.step(1.0, current_a=31.9)  # the car draws the first offer, 32 A
+    bench.limit_amps(16.0)
+    bench.step(0.1)
+    bench.limit_amps(10.0)
+    r = bench.run_for(4.8, tick=0.1)  # within 5 s of the cuts the car may still draw 32 A
+    assert not r.state.faults and r.state.overcurrent_since is None

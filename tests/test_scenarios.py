@@ -271,7 +271,7 @@ def test_watchdog_opens_the_contactor_when_the_controller_hangs(tmp_path: Path) 
     async def scenario(rig: Rig) -> None:
         rig.plant.plug(PROFILES["compact_3p"])
         await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
-        rig.connector.step = lambda: None  # type: ignore[method-assign]  # the controller hangs
+        rig.connector._step_once = lambda: None  # type: ignore[method-assign]  # it hangs
         hung_at = rig.t
         took = await rig.wait_for(lambda: not rig.plant.contactor_closed, 6.0, step_s=0.1)
         assert rig.plant.watchdog.tripped and rig.t - hung_at <= 5.0 + 1.1 and took > 0
@@ -294,3 +294,45 @@ def test_derating_binds_as_thermal(tmp_path: Path) -> None:
         assert rig.phase is Phase.CHARGING
 
     Rig.run(tmp_path, scenario, board)
+
+
+def test_a_failing_step_opens_the_contactor_and_recovers(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.plant.plug(PROFILES["compact_3p"])
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        meter = rig.hw.meter
+        assert meter is not None
+        real_read = meter.read
+
+        def broken() -> None:
+            raise OSError("meter bus error")
+
+        meter.read = broken  # type: ignore[method-assign,assignment]
+        failed_at = rig.t
+        took = await rig.wait_for(lambda: not rig.plant.contactor_closed, 1.1)
+        assert rig.plant.output.value == "f" and took <= 1.0
+        await rig.until(rig.t + 3)
+        assert not rig.plant.contactor_closed
+        meter.read = real_read  # type: ignore[method-assign]
+        # back to normal, after the reclose delay
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 12.0)
+        assert rig.t - failed_at >= 10.0
+
+    rig = Rig.run(tmp_path, scenario)
+    assert len(rig.close_commands) == 2
+
+
+def test_after_a_watchdog_trip_the_controller_takes_charge_again(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.plant.plug(PROFILES["compact_3p"])
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        rig.connector._step_once = lambda: None  # type: ignore[method-assign]  # a 7 s stall
+        await rig.until(rig.t + 7)
+        assert rig.plant.watchdog.tripped and not rig.plant.contactor_closed
+        del rig.connector._step_once  # the class's method again
+        rig.connector.step()
+        assert not rig.plant.watchdog.tripped
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 15.0)
+        assert rig.phase is Phase.CHARGING
+
+    Rig.run(tmp_path, scenario)

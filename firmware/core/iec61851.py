@@ -206,10 +206,11 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
                 s, cp, offer, diode_ok, now, board, deadlines, events)
             contactor = phase is Phase.CHARGING
 
+    pwm_off_at = (now if s.pilot.mode is PilotMode.PWM and pilot.mode is not PilotMode.PWM
+                  else s.pwm_off_at)
     if phase is not Phase.CHARGING and not faults and s.contactor and cp in POWER_REQUEST:
         # X1 while the car still draws (IEC 61851-1 sequence 10.2): give it time to go to B
         # before opening under load.
-        pwm_off_at = now if s.pilot.mode is PilotMode.PWM else s.pwm_off_at
         until = pwm_off_at + t.power_off_under_load_s
         if pilot.mode is PilotMode.X1 and now < until:
             contactor = True
@@ -236,7 +237,9 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
     offered_a = _offered(pilot, inp.limit, board.ratings.max_current_a)
     recent_offer_a, recent_offer_until = s.recent_offer_a, s.recent_offer_until
     if offered_a < s.offered_a:
-        recent_offer_a, recent_offer_until = s.offered_a, now + t.ev_reaction_s
+        # A second cut while the car still follows the first: the highest offer still counts.
+        recent_offer_a = max(s.offered_a, recent_offer_a if now < recent_offer_until else 0.0)
+        recent_offer_until = now + t.ev_reaction_s
     if offered_a != s.offered_a:
         events.append(Event(EventKind.OFFER_CHANGED, now, amps=offered_a))
 
@@ -253,10 +256,8 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
 
     new = ChargerState(
         phase=phase, phase_since=phase_since, suspend=suspend, cp=cp, plugged=plugged,
-        pilot=pilot,
-        pwm_off_at=now if (s.pilot.mode is PilotMode.PWM and pilot.mode is not PilotMode.PWM)
-        else s.pwm_off_at,
-        contactor=contactor, contactor_changed_at=contactor_changed_at, offered_a=offered_a,
+        pilot=pilot, pwm_off_at=pwm_off_at, contactor=contactor,
+        contactor_changed_at=contactor_changed_at, offered_a=offered_a,
         recent_offer_a=recent_offer_a, recent_offer_until=recent_offer_until, faults=faults,
         fault_since=fault_since, overcurrent_since=overcurrent_since, diode_ok=diode_ok,
         lock_requested_at=lock_requested_at, offer_since=offer_since,

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, replace
 from typing import Any
 
 from firmware import logs
 from firmware.core import iec61851 as core
-from firmware.core.duty import PilotMode
+from firmware.core.duty import STATE_F, PilotMode
 from firmware.core.iec61851 import ChargerState, Command, EventKind, Inputs, Step
 from firmware.core.limits import EffectiveLimit, Limit, LimitSource, arbitrate
 from firmware.core.proximity import cable_ampacity
@@ -140,12 +141,41 @@ class Connector:
             self._again = True
             while self._again:
                 self._again = False
-                self._step_once()
+                try:
+                    self._step_once()
+                except Exception as exc:
+                    self._fail_safe(exc)
+                    return
         finally:
             self._stepping = False
 
+    def _fail_safe(self, exc: Exception) -> None:
+        """A step that failed (a HAL read that raised, a bug): open the contactor, show state F,
+        and try again at the next tick. Charging resumes only through a clean step."""
+        logs.log(self.log, "step_failed", logging.ERROR, connector=self.number, error=repr(exc),
+                 trace="".join(traceback.format_exception(exc)))
+        for action in (self.hw.contactor.open, self.hw.control_pilot.set_f):
+            try:
+                action()
+            except Exception as again:  # keep trying the other action regardless
+                logs.log(self.log, "fail_safe_action_failed", logging.CRITICAL,
+                         connector=self.number, action=action.__name__, error=repr(again))
+        now = self.clock.now()
+        self._opened_behind_the_core(now)
+        self._wake_at = None
+        self._reschedule(now)
+
+    def _opened_behind_the_core(self, now: float) -> None:
+        """The contactor was opened and state F driven outside a step (fail-safe, watchdog).
+        The core must know: the reclose delay and the weld check run from now, and the CP,
+        which shows our −12 V, is not read as the car's. The next step drives every output."""
+        self.state = replace(self.state, contactor=False, contactor_changed_at=now,
+                             pilot=STATE_F)
+        self._applied = None
+
     def _step_once(self) -> None:
         now = self.clock.now()
+        self._take_over_from_watchdog(now)
         inputs = self._read(now)
         result = core.step(self.state, inputs, now, self.board)
         self._apply(result.command)
@@ -158,6 +188,16 @@ class Connector:
         self._reschedule(now)
         for listener in self.step_listeners:
             listener(result)
+
+    def _take_over_from_watchdog(self, now: float) -> None:
+        watchdog = self.hw.watchdog
+        if watchdog is None or self.board.timing.watchdog_s <= 0 or not watchdog.tripped():
+            return
+        # We were silent too long (a stall, a run of failed steps) and the hardware opened the
+        # contactor and drove state F. We are running again: re-arm and take charge.
+        logs.log(self.log, "watchdog_tripped", logging.WARNING, connector=self.number)
+        watchdog.arm(self.board.timing.watchdog_s)
+        self._opened_behind_the_core(now)
 
     def _read_meter(self) -> MeterReading | None:
         return self.hw.meter.read() if self.hw.meter is not None else None

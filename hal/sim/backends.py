@@ -154,6 +154,9 @@ class SimWatchdog:
     def disarm(self) -> None:
         self._plant.arm_watchdog(0.0)
 
+    def tripped(self) -> bool:
+        return self._plant.watchdog.tripped
+
 
 class PlantDriver:
     """Runs the plant on the event loop: it advances the plant whenever the plant says it will

@@ -273,6 +273,8 @@ class Plant:
             self.output, self.duty = Output.F, 0.0
             if PlantFault.CONTACTOR_WELD not in self.faults:
                 self.contactor_closed = False
+            if self.ev is not None:
+                self.ev.sense(self.output, self.duty, now)
 
     # ---- what a test, a jig or a scenario does -----------------------------------------------
 
