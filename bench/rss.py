@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from bench import ROOT, SCENARIOS, VOLTPILOT, Result, Spec
+from tools.evsim import request
 
 SPEC = Spec("rss", "RSS of the running controller (car charging)", "≤ 60 MB")
 TARGET_MB = 60.0
@@ -32,17 +31,7 @@ def _status_kb(pid: int, key: str) -> int | None:
 
 def _phase(sock: Path) -> str:
     """The connector's phase, asked over the plant control socket, to prove the car charges."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5.0)
-        s.connect(str(sock))
-        s.sendall(b'{"cmd": "status"}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    answer = json.loads(data)
+    answer = request(sock, {"cmd": "status"}, timeout=5.0)
     return str(answer["status"]["phase"]) if answer.get("ok") else f"error: {answer}"
 
 
