@@ -94,21 +94,23 @@ class Controller:
     def _controller_commands(self) -> list[Command]:
         sources = tuple(s.key for s in LimitSource)
 
-        def limit(args: dict[str, Any]) -> dict[str, Any]:
+        def limit_of(args: dict[str, Any]) -> Limit:
             if ("amps" in args) == ("watts" in args):
                 raise CommandError("limit: give amps or watts, exactly one")
-            now = self.clock.now()
             duration = args.get("duration_s")
             phases = args.get("phases")
             try:
-                lim = Limit.of(LimitSource.from_key(args["source"]),
-                               args.get("reason", "set through the control interface"),
-                               amps=args.get("amps"), watts=args.get("watts"),
-                               phases=None if phases is None else int(phases),
-                               valid_until=None if duration is None else now + duration)
+                return Limit.of(LimitSource.from_key(args["source"]),
+                                args.get("reason", "set through the control interface"),
+                                amps=args.get("amps"), watts=args.get("watts"),
+                                phases=None if phases is None else int(phases),
+                                valid_until=None if duration is None
+                                else self.clock.now() + duration)
             except ValueError as exc:
                 raise CommandError(f"limit: {exc}") from exc
-            self.limits.submit(lim)
+
+        def limit(args: dict[str, Any]) -> dict[str, Any]:
+            self.limits.submit(limit_of(args))
             return self._status()
 
         def clear_limit(args: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +129,12 @@ class Controller:
                 None if codes is None else frozenset(FaultCode(c) for c in codes))
             return self._status()
 
+        def authorize(args: dict[str, Any]) -> dict[str, Any]:
+            if self.connector is None:
+                raise CommandError("authorize: the controller is not running")
+            self.connector.authorize(args["on"])
+            return self._status()
+
         def stop(_: dict[str, Any]) -> dict[str, Any]:
             self.stop.set()
             return {}
@@ -136,7 +144,8 @@ class Controller:
             Command("limit", "set a limit as if an adapter had (simulation and tests)",
                     (Arg("source", "string", True, sources), Arg("amps", "number", lo=0.0),
                      Arg("watts", "number", lo=0.0), Arg("phases", "number", choices=(1, 2, 3)),
-                     Arg("reason", "string"), Arg("duration_s", "number", lo=0.001)), limit),
+                     Arg("reason", "string"), Arg("duration_s", "number", lo=0.001)), limit,
+                    check=limit_of),
             Command("clear_limit", "withdraw a source's limit",
                     (Arg("source", "string", True, sources),), clear_limit),
             Command("boost", "the user's boost (lifts optimisation and tariff limits)",
@@ -144,6 +153,8 @@ class Controller:
             Command("reset_faults", "an operator's manual fault reset (all, or the codes named)",
                     (Arg("codes", "strings", choices=tuple(f.value for f in FaultCode)),),
                     reset_faults),
+            Command("authorize", "allow or withdraw charging (boards without free_mode)",
+                    (Arg("on", "bool", True),), authorize),
             Command("stop", "shut the controller down", (), stop),
         ]
 
@@ -155,16 +166,16 @@ class Controller:
         b = v.limit.binding
         s = v.session
         return {"status": {
-            "time": iso(self.clock.now()), "iec": v.iec, "phase": v.phase.value,
+            "time": iso(self.clock.now()), "iec": v.iec, "phase": v.state.phase.value,
             "suspend": v.state.suspend.value if v.state.suspend else None,
             "faults": sorted(f.value for f in v.state.faults),
             "pilot": {"mode": v.state.pilot.mode.value, "duty": v.state.pilot.duty},
             "contactor": v.state.contactor, "offered_a": v.state.offered_a,
-            "limit": {"amps": v.limit.amps, "phases": v.limit.phases,
+            "limit": {"amps": v.limit.amps,
                       "source": b.source.key if b else None,
                       "class": b.cls.name.lower() if b else None,
                       "reason": b.reason if b else None},
-            "wakeups": v.state.wakeups_total,
+            "wakeups": v.state.wakeups_total, "authorized": c.authorized,
             "session": None if s is None else {
                 "id": s.id, "status": s.status.value, "energy_wh": s.energy_wh,
                 "wakeups": s.wakeups, "faults": [f.value for f in s.faults]},
@@ -175,18 +186,28 @@ class Controller:
     async def run(self) -> int:
         opts = self.opts
         loop = asyncio.get_running_loop()
-        self.store = Store(opts.data_dir / "voltpilot.db")
-        dangling = self.store.close_dangling(iso(self.clock.now()),
-                                             StopReason.CONTROLLER_RESTART.value)
-        if dangling:
-            logs.log(self.log, "sessions_closed_after_restart", sessions=dangling)
-        self.connector = Connector(1, self.board, self.hw, self.clock, self.store, self.limits)
-        self.connector.session_listeners.append(self._print_summary)
         server = None
         socket_path = None
         if self.hw.plant is not None:
             socket_path = Path(self.board.sim.control_socket or opts.data_dir / "plant.sock")
-            server = await serve(socket_path, self.table)
+            try:
+                server = await serve(socket_path, self.table)
+            except OSError as exc:
+                raise RunError(f"cannot serve the plant control socket {socket_path}: "
+                               f"{exc}") from exc
+        try:
+            self.store = Store(opts.data_dir / "voltpilot.db")
+            dangling = self.store.close_dangling(StopReason.CONTROLLER_RESTART.value)
+            self.connector = Connector(1, self.board, self.hw, self.clock, self.store,
+                                       self.limits)
+        except Exception:
+            if server is not None:
+                server.close()
+                _remove(socket_path)
+            raise
+        if dangling:
+            logs.log(self.log, "sessions_closed_after_restart", sessions=dangling)
+        self.connector.session_listeners.append(self._print_summary)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
         self.hw.start()
@@ -212,9 +233,7 @@ class Controller:
             if server is not None:
                 server.close()
                 await server.wait_closed()
-                if socket_path is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        socket_path.unlink()
+                _remove(socket_path)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             self.hw.stop()
@@ -222,6 +241,10 @@ class Controller:
             self._end_status_line()
             logs.log(self.log, "stopped")
         self._say("voltpilot stopped: contactor open")
+        if self.scenario_errors:
+            self._say(f"voltpilot: {self.scenario_errors} scenario action(s) failed",
+                      stream=sys.stderr)
+            return 1
         return 0
 
     async def _run_scenario(self, scenario: Scenario) -> None:
@@ -284,8 +307,14 @@ class Controller:
 
 
 def run(board: Board, opts: RunOptions, out: TextIO = sys.stdout) -> int:
-    """Run the controller until stopped; RunError or BoardError mean exit code 2."""
-    with data_dir_lock(opts.data_dir), _log_target(opts) as log_stream:
+    """Run the controller until stopped: 0 when all went well, 1 when a scenario action failed.
+    RunError, BoardError, ScenarioError and StoreError mean it could not start (exit code 2)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(data_dir_lock(opts.data_dir))
+            log_stream = stack.enter_context(_log_target(opts))
+        except OSError as exc:
+            raise RunError(f"cannot use data directory {opts.data_dir}: {exc}") from exc
         clock: Clock
         factory: Callable[[], asyncio.AbstractEventLoop] | None = None
         if opts.virtual_time:
@@ -309,3 +338,9 @@ def _log_target(opts: RunOptions) -> Iterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         yield handle
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

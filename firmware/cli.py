@@ -14,7 +14,7 @@ from pathlib import Path
 
 from firmware.app import RunError, RunOptions, data_dir_lock, run
 from firmware.core.reasons import FAULT_RULES, FaultCode
-from firmware.scenario import ScenarioError
+from firmware.scenario import MAX_AT_S, ScenarioError
 from firmware.store.db import Store, StoreError
 from hal.board import BoardError, known_boards, load_board
 
@@ -26,8 +26,8 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    if not 0 < value <= MAX_AT_S:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, {MAX_AT_S:g}], got {text!r}")
     return value
 
 
@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BoardError, RunError, ScenarioError, StoreError) as exc:
         print(f"voltpilot: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # only the record commands get here: `run` wraps its own start-up
+        print(f"voltpilot: {exc}", file=sys.stderr)
+        return 2
 
 
 def _sessions(data_dir: Path, limit: int) -> int:
@@ -105,30 +108,34 @@ def _sessions(data_dir: Path, limit: int) -> int:
 
 
 def _faults(data_dir: Path, reset: list[str] | None) -> int:
-    known = {f.value for f in FaultCode}
-    for code in reset or []:
-        if code not in known:
-            print(f"voltpilot: unknown fault {code!r}; expected one of {', '.join(sorted(known))}",
-                  file=sys.stderr)
-            return 2
     db = data_dir / "voltpilot.db"
     if reset is None:
         if db.exists():  # reading needs no lock: WAL lets a running controller go on writing
             store = Store(db)
             try:
                 for code in store.latched(1):
-                    print(f"{code}: {FAULT_RULES[FaultCode(code)].why}")
+                    rule = FAULT_RULES.get(FaultCode(code)) if code in _CODES else None
+                    print(f"{code}: {rule.why if rule else 'unknown to this voltpilot'}")
             finally:
                 store.close()
         return 0
     with data_dir_lock(data_dir):
         store = Store(db)
         try:
+            known = _CODES | set(store.latched(1))  # an unknown latched code can be cleared
+            for code in reset:
+                if code not in known:
+                    print(f"voltpilot: unknown fault {code!r}; expected one of "
+                          f"{', '.join(sorted(known))}", file=sys.stderr)
+                    return 2
             cleared = store.unlatch(1, reset or None)
             print("cleared: " + (", ".join(cleared) or "nothing"))
         finally:
             store.close()
     return 0
+
+
+_CODES = {f.value for f in FaultCode}
 
 
 if __name__ == "__main__":

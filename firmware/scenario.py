@@ -13,13 +13,15 @@ socket) or a controller command (``limit``, ``clear_limit``, ``boost``, ``reset_
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hal.sim.control import CommandError, CommandTable
+
+# Ten years: enough for any soak, small enough that a typo like 1e300 is caught.
+MAX_AT_S = 3.2e8
 
 
 class ScenarioError(Exception):
@@ -50,6 +52,8 @@ def load_scenario(path: Path, table: CommandTable) -> Scenario:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text: {exc}") from exc
     for key in raw:
         if key not in ("description", "action"):
             raise ScenarioError(f"{path}: {key}: unknown key; expected description, action")
@@ -62,10 +66,12 @@ def load_scenario(path: Path, table: CommandTable) -> Scenario:
     actions = []
     for i, entry in enumerate(entries, start=1):
         where = f"{path}: action {i}"
+        if not isinstance(entry, dict):
+            raise ScenarioError(f"{where}: expected an [[action]] table, got {entry!r}")
         at = entry.get("at")
-        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
-                or at < 0:
-            raise ScenarioError(f"{where}: at: expected seconds >= 0, got {at!r}")
+        if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at <= MAX_AT_S:
+            raise ScenarioError(f"{where}: at: expected seconds in [0, {MAX_AT_S:g}], "
+                                f"got {at!r}")
         request = {k: v for k, v in entry.items() if k != "at"}
         try:
             table.parse(request)

@@ -208,6 +208,8 @@ def parse_board(path: Path) -> Board:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise BoardError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise BoardError(f"{path}: not UTF-8 text: {exc}") from exc
     except OSError as exc:
         raise BoardError(f"{path}: cannot read: {exc.strerror}") from exc
 
@@ -331,6 +333,21 @@ def _check_consistency(board: Board) -> None:
     if board.connector.cable == "socket" and not board.has(Role.PROXIMITY_PILOT):
         raise BoardError(f"{where}: [roles] proximity_pilot: a socket board needs one to read "
                          "the cable's rating (or set [connector] cable = \"tethered\")")
+    if board.connector.cable == "socket" and not board.has(Role.LOCK):
+        raise BoardError(f"{where}: [roles] lock: a socket board needs one: the plug must be "
+                         "locked while the socket can be live (IEC 61851-1 D.6.5)")
+    # Refused until the code behind them exists, rather than accepted and silently ignored.
+    if board.ratings.kind != "ac":
+        raise BoardError(f"{where}: [ratings] kind: expected \"ac\"; DC charging arrives with "
+                         "ISO 15118 / DIN 70121 support")
+    if board.ratings.bidirectional:
+        raise BoardError(f"{where}: [ratings] bidirectional: expected false; discharging needs "
+                         "the interface protection that arrives with the grid issue")
+    t = board.timing
+    if 0 < t.watchdog_s < 2 * t.tick_s:
+        raise BoardError(f"{where}: [timing] watchdog_s: expected 0 (off) or at least twice "
+                         f"tick_s ({2 * t.tick_s}), got {t.watchdog_s}: the controller kicks it "
+                         "once per tick")
 
 
 def describe_parameters() -> dict[str, list[tuple[str, Any, str]]]:

@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 SIM_TOML = REPO / "boards" / "sim" / "board.toml"
 DOC = REPO / "docs" / "board-toml.md"
 
-MINIMAL_ROLES = '[roles]\ncontrol_pilot = "sim"\ncontactor = "sim"\nproximity_pilot = "sim"\n'
+MINIMAL_ROLES = ('[roles]\ncontrol_pilot = "sim"\ncontactor = "sim"\nproximity_pilot = "sim"\n'
+                 'lock = "sim"\n')
 
 
 def write_board(root: Path, text: str, name: str = "myboard") -> Path:
@@ -211,6 +212,18 @@ MALFORMED: list[tuple[str, tuple[tuple[str, str], ...], tuple[str, ...]]] = [
     ("socket_without_proximity_pilot_omitted",
      (('proximity_pilot = "sim"\n', ""),),
      ("[roles] proximity_pilot", "socket", "tethered")),
+    ("socket_without_lock",
+     (('lock = "sim"', 'lock = "none"'),),
+     ("[roles] lock", "socket", "locked")),
+    ("dc_not_yet",
+     (('kind = "ac"', 'kind = "dc"'),),
+     ("[ratings] kind", 'expected "ac"')),
+    ("bidirectional_not_yet",
+     (("bidirectional = false", "bidirectional = true"),),
+     ("[ratings] bidirectional", "expected false")),
+    ("watchdog_shorter_than_two_ticks",
+     (("tick_s = 1.0", "tick_s = 1.0\nwatchdog_s = 1.5"),),
+     ("[timing] watchdog_s", "twice", "1.5")),
 ]
 
 
@@ -292,3 +305,11 @@ def test_every_board_parameter_is_documented() -> None:
     missing += [f"[{section}] {name}" for section, rows in describe_parameters().items()
                 for name, _, _ in rows if not _mentions(text, name)]
     assert not missing, f"{DOC} does not document: {', '.join(missing)}"
+
+
+def test_non_utf8_board_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin" / "board.toml"
+    path.parent.mkdir()
+    path.write_bytes(SIM_TOML.read_bytes().replace(b"simulated", b"simul\xe9"))
+    with pytest.raises(BoardError, match="not UTF-8"):
+        load_board(str(path))

@@ -188,6 +188,56 @@ def test_scenario_with_unknown_command_exits_2_naming_file_and_action(tmp: Path)
     assert not (data / "plant.sock").exists()
 
 
+@pytest.mark.parametrize(("name", "text", "fragment"), [
+    ("not_a_table", "action = [1, 2]\n", "action 1: expected an [[action]] table"),
+    ("too_late", '[[action]]\nat = 1e300\ncmd = "stop"\n', "action 1: at"),
+    ("limit_without_amps", '[[action]]\nat = 1\ncmd = "limit"\nsource = "grid_14a"\n',
+     "amps or watts"),
+    ("bad_ev", '[[action]]\nat = 1\ncmd = "plug"\nev = { soc = 5 }\n', "soc"),
+])
+def test_scenario_is_checked_in_full_before_the_run(tmp: Path, name: str, text: str,
+                                                    fragment: str) -> None:
+    scenario = tmp / f"{name}.toml"
+    scenario.write_text(text, encoding="utf-8")
+    done = voltpilot("run", "--board", "sim", "--virtual-time", "--duration", "10",
+                     "--scenario", scenario, "--data-dir", tmp / "data", cwd=tmp)
+    assert done.returncode == 2, done
+    assert fragment in done.stderr and "voltpilot ready" not in done.stdout
+
+
+def test_a_scenario_action_failing_at_run_time_exits_1(tmp: Path) -> None:
+    scenario = tmp / "late.toml"
+    scenario.write_text('[[action]]\nat = 1\ncmd = "unplug"\n', encoding="utf-8")
+    done = voltpilot("run", "--board", "sim", "--virtual-time", "--duration", "5",
+                     "--scenario", scenario, "--data-dir", tmp / "data", cwd=tmp)
+    assert done.returncode == 1, done
+    assert "action 1 (unplug) failed: no car is plugged in" in done.stderr
+
+
+@pytest.mark.parametrize("args", [("--duration", "inf"), ("--duration", "nan"),
+                                  ("--data-dir", "/dev/null/x"), ("--log", "/tmp")])
+def test_unusable_options_exit_2_without_a_traceback(tmp: Path, args: tuple[str, str]) -> None:
+    extra = () if "--data-dir" in args else ("--data-dir", str(tmp / "data"))
+    done = voltpilot("run", "--board", "sim", "--virtual-time", "--duration", "5", *extra,
+                     *args, cwd=tmp)
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr and done.stderr.strip()
+
+
+def test_an_unknown_latched_fault_stops_the_start(tmp: Path) -> None:
+    data = tmp / "data"
+    store = Store(data / "voltpilot.db")
+    store.latch(1, "meteor_strike", "2026-01-01T00:00:00.000Z")
+    store.close()
+    done = voltpilot("run", "--board", "sim", "--virtual-time", "--duration", "5",
+                     "--data-dir", data, cwd=tmp)
+    assert done.returncode == 2 and "meteor_strike" in done.stderr, done
+    listed = voltpilot("faults", "--data-dir", data, cwd=tmp)
+    assert "meteor_strike: unknown to this voltpilot" in listed.stdout
+    cleared = voltpilot("faults", "--reset", "meteor_strike", "--data-dir", data, cwd=tmp)
+    assert cleared.returncode == 0 and "cleared: meteor_strike" in cleared.stdout
+
+
 def test_boards_lists_sim() -> None:
     done = voltpilot("boards")
     assert done.returncode == 0, done

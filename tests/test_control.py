@@ -312,7 +312,10 @@ def test_request_just_under_the_limit_is_read_in_full(plant: Plant, sock: Path) 
 
 
 def test_socket_is_private_and_replaces_a_stale_one(plant: Plant, sock: Path) -> None:
-    sock.write_text("stale")
+    import socket as sockets
+    stale = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    stale.bind(str(sock))  # a socket file left by a controller that died
+    stale.close()
     mode: list[int] = []
 
     async def main() -> None:
@@ -324,3 +327,24 @@ def test_socket_is_private_and_replaces_a_stale_one(plant: Plant, sock: Path) ->
     asyncio.run(main())
     assert stat.S_ISSOCK(mode[0])
     assert stat.S_IMODE(mode[0]) == 0o600
+
+
+def test_serve_never_deletes_a_file_or_a_live_socket(plant: Plant, sock: Path) -> None:
+    sock.write_text("precious")
+
+    async def refused() -> None:
+        with pytest.raises(FileExistsError):
+            await serve(sock, CommandTable(plant_commands(plant)))
+
+    asyncio.run(refused())
+    assert sock.read_text() == "precious"
+    sock.unlink()
+
+    async def live() -> None:
+        first = await serve(sock, CommandTable(plant_commands(plant)))
+        with pytest.raises(OSError, match="in use"):
+            await serve(sock, CommandTable(plant_commands(plant)))
+        first.close()
+        await first.wait_closed()
+
+    asyncio.run(live())

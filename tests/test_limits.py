@@ -29,11 +29,19 @@ def test_watts_become_amps_per_phase() -> None:
     assert eff.amps == pytest.approx(4200 / 690)
 
 
-def test_a_single_phase_limit_narrows_the_phases() -> None:
-    eff = arbitrate([lim(LimitSource.BOARD_RATING, 32),
-                     Limit.of(LimitSource.PV_SURPLUS, "1p", watts=2300, phases=1)], 0.0,
+def test_a_one_phase_wish_never_inflates_a_watt_limit() -> None:
+    eff = arbitrate([lim(LimitSource.BOARD_RATING, 32), lim(LimitSource.OCPP_TX, 32, phases=1),
+                     Limit.of(LimitSource.SITE_FUSE, "7 kW", watts=7000)], 0.0,
                     phases=3, voltage_v=230)
-    assert eff.phases == 1 and eff.amps == pytest.approx(10.0)
+    assert eff.amps == pytest.approx(7000 / 690)  # over the 3 energised phases
+
+
+def test_the_next_validity_edge_is_reported() -> None:
+    limits = [lim(LimitSource.BOARD_RATING, 32),
+              Limit.of(LimitSource.VPP, "activation", amps=8, valid_from=100, valid_until=200)]
+    assert arbitrate(limits, 50, phases=3, voltage_v=230).changes_at == 100
+    assert arbitrate(limits, 150, phases=3, voltage_v=230).changes_at == 200
+    assert arbitrate(limits, 250, phases=3, voltage_v=230).changes_at is None
 
 
 def test_validity_window() -> None:
@@ -97,8 +105,7 @@ def test_effective_is_the_minimum_of_the_active_limits(limits: list[Limit], now:
     if not active:
         assert eff.amps == 0 and eff.binding is None
         return
-    amps = [x.per_phase_amps(eff.phases, 230) for x in active]
+    amps = [x.per_phase_amps(3, 230) for x in active]
     assert eff.amps == min(amps)
     assert eff.binding in active
-    assert eff.binding.per_phase_amps(eff.phases, 230) == eff.amps
-    assert eff.phases == min([3, *(x.phases for x in active if x.phases)])
+    assert eff.binding.per_phase_amps(3, 230) == eff.amps

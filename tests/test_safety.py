@@ -8,7 +8,7 @@ from conftest import sim_board
 from corebench import CoreBench
 
 from firmware.core.duty import STATE_F, X1
-from firmware.core.iec61851 import Phase
+from firmware.core.iec61851 import Phase, manual_reset
 from firmware.core.limits import LimitSource
 from firmware.core.reasons import FAULT_RULES, FaultCode, Recovery
 from firmware.core.safety import RcdTest, thermal_limit
@@ -148,9 +148,53 @@ def test_meter_silent_while_charging_is_a_fault_until_it_answers(bench: CoreBenc
     assert not r.state.faults
     r = bench.step(0.6)
     assert r.state.faults == {FaultCode.METER_LOST} and not r.command.contactor
-    bench.step(0.3)
+    r = bench.run_for(60.0, tick=0.5)
+    assert r.state.faults == {FaultCode.METER_LOST}  # no reclosing into an unsupervised charge
+    assert not any(step.command.contactor for step in bench.history[-100:])
     r = bench.step(1.0, meter_silent_since=None)
     assert not r.state.faults
+
+
+def test_manual_reset_does_not_forgive_a_replug_fault(bench: CoreBench) -> None:
+    bench.charging()
+    bench.step(0.5, current_a=50.0)
+    bench.run_for(8.0, tick=0.5)
+    bench.step(0.5, rcd_tripped=True)
+    assert bench.state.faults == {FaultCode.RCD_TRIPPED, FaultCode.OVER_CURRENT}
+    bench.state = manual_reset(bench.state)
+    r = bench.step(0.5, rcd_tripped=False, current_a=0.0)
+    assert r.state.faults == {FaultCode.OVER_CURRENT}
+
+
+def test_lock_holds_while_the_weld_check_is_pending(bench: CoreBench) -> None:
+    bench.charging()
+    r = bench.step(0.5, rcd_tripped=True)  # a fault that would release the plug
+    assert not r.command.contactor and r.command.lock
+    r = bench.step(0.5)
+    assert r.command.lock
+    r = bench.step(0.5)  # 1 s after the open command: not welded, now it may go
+    assert not r.command.lock
+
+
+def test_unplugged_with_welded_contacts_keeps_the_socket_locked(bench: CoreBench) -> None:
+    bench.charging()
+    bench.welded = True
+    r = bench.step(1.0, load="A")  # unplugged under load, and the contacts stick
+    assert r.command.lock
+    r = bench.run_for(5.0, tick=0.5)
+    assert FaultCode.CONTACTOR_WELDED in r.state.faults and r.command.lock
+
+
+def test_grid_loss_is_not_a_contactor_fault(bench: CoreBench) -> None:
+    from hal.roles import ContactorFeedback
+    bench.charging()
+    inputs = bench.inputs()
+    lost = type(inputs)(**{**{f: getattr(inputs, f) for f in inputs.__slots__},
+                           "feedback": ContactorFeedback(aux_closed=True,
+                                                         voltage_present=False)})
+    from firmware.core import iec61851 as core
+    r = core.step(bench.state, lost, bench.now + 2.0, bench.board)
+    assert not r.state.faults and r.command.contactor
 
 
 def test_over_temperature_stops_and_resumes_below_resume_c(bench: CoreBench) -> None:

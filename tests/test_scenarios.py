@@ -336,3 +336,81 @@ def test_after_a_watchdog_trip_the_controller_takes_charge_again(tmp_path: Path)
         assert rig.phase is Phase.CHARGING
 
     Rig.run(tmp_path, scenario)
+
+
+def test_a_real_stall_is_recovered_without_spurious_faults(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.plant.plug(PROFILES["compact_3p"])
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        rig.clock.advance(6.0)  # the whole process stood still (swap, a long GC pause)
+        rig.connector.step()
+        assert not rig.connector.state.faults
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 15.0)
+        assert not rig.connector.state.faults
+
+    Rig.run(tmp_path, scenario)
+
+
+def test_a_grid_dip_does_not_end_the_session(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.plant.plug(PROFILES["compact_3p"])
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        rig.plant.set_grid((0.0, 0.0, 0.0), None)
+        await rig.until(rig.t + 2)
+        rig.plant.set_grid((230.0, 230.0, 230.0), None)
+        await rig.until(rig.t + 2)
+        assert not rig.connector.state.faults and rig.phase is Phase.CHARGING
+        assert rig.plant.meter_sample is not None and rig.plant.meter_sample.total_power_w > 0
+
+    Rig.run(tmp_path, scenario)
+
+
+def test_a_car_that_paused_itself_is_not_woken_after_our_pause(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.plant.plug(PROFILES["compact_3p"])
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        rig.plant.ev_stop()  # its driver stops it: the car goes to B by itself
+        await rig.until(rig.t + 5)
+        rig.limits.submit(Limit.of(LimitSource.PV_SURPLUS, "cloud", amps=0))
+        await rig.until(rig.t + 20)
+        rig.limits.withdraw(LimitSource.PV_SURPLUS)
+        await rig.until(rig.t + 120)
+        assert (rig.phase, rig.connector.state.suspend) == (Phase.PAUSED_EV,
+                                                            SuspendReason.EV_PAUSED)
+        assert rig.connector.state.wakeups_total == 0
+        rig.plant.ev_resume()
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 15.0)
+
+    Rig.run(tmp_path, scenario)
+
+
+def test_over_current_stops_after_the_configured_time(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.plant.plug(PROFILES["compact_3p"])
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.until(rig.t + 3.3)
+        rig.plant.set_quirk(Quirk.OVERDRAW, True)
+        injected = rig.clock.now()
+        await rig.wait_for(lambda: not rig.plant.contactor_closed, 10.0, step_s=0.001)
+        # 7 s after the first meter sample that shows it (samples come every tick_s)
+        assert 7.0 <= rig.open_commands[-1] - injected <= 7.0 + rig.board.timing.tick_s
+
+    Rig.run(tmp_path, scenario)
+
+
+def test_without_free_mode_charging_waits_for_authorization(tmp_path: Path) -> None:
+    board = sim_board(charging={"free_mode": False})
+
+    async def scenario(rig: Rig) -> None:
+        rig.plant.plug(PROFILES["compact_3p"])
+        await rig.until(rig.t + 30)
+        assert (rig.phase, rig.connector.state.suspend) == (Phase.CONNECTED,
+                                                            SuspendReason.NOT_AUTHORIZED)
+        assert rig.connector.view().iec == "B1"
+        rig.connector.authorize(True)
+        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        rig.connector.authorize(False)  # withdrawn: X1, the car stops, then we open
+        await rig.wait_for(lambda: not rig.plant.contactor_closed, 6.5)
+        assert rig.connector.state.suspend is SuspendReason.NOT_AUTHORIZED
+
+    Rig.run(tmp_path, scenario, board)

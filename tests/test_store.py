@@ -35,7 +35,7 @@ def test_completed_session_survives_close_and_reopen(tmp_path: Path) -> None:
     db = tmp_path / "data" / "voltpilot.db"
     with opened(db) as store:
         store.open_session("s1", 1, T0)
-        store.update_session("s1", energy_wh=500.0, max_power_w=11000.0, wakeups=1,
+        store.update_session("s1", at=T0, energy_wh=500.0, max_power_w=11000.0, wakeups=1,
                              faults=["over_current"])
         store.close_session("s1", ended_at=T1, stop_reason="ev_disconnected", energy_wh=1234.5,
                             max_power_w=11040.0, wakeups=2,
@@ -52,7 +52,8 @@ def test_checkpointed_open_session_survives_reopen(tmp_path: Path) -> None:
     db = tmp_path / "voltpilot.db"
     with opened(db) as store:
         store.open_session("s1", 1, T0)
-        store.update_session("s1", energy_wh=42.0, max_power_w=3680.0, wakeups=1, faults=[])
+        store.update_session("s1", at=T1, energy_wh=42.0, max_power_w=3680.0, wakeups=1,
+                             faults=[])
     with opened(db) as store:
         rec = by_id(store)["s1"]
     assert (rec.ended_at, rec.stop_reason) == (None, None)
@@ -80,18 +81,19 @@ def test_close_dangling_closes_only_open_sessions(tmp_path: Path) -> None:
         store.close_session("done", ended_at=T1, stop_reason="ev_disconnected", energy_wh=10.0,
                             max_power_w=1.0, wakeups=0, faults=[])
         store.open_session("open1", 1, T1)
-        store.update_session("open1", energy_wh=77.0, max_power_w=7000.0, wakeups=1,
+        store.update_session("open1", at=T2, energy_wh=77.0, max_power_w=7000.0, wakeups=1,
                              faults=["meter_lost"])
         store.open_session("open2", 2, T2)
     with opened(db) as store:
-        closed = store.close_dangling(T3, "controller_restart")
+        closed = store.close_dangling("controller_restart")
         assert sorted(closed) == ["open1", "open2"]
-        assert store.close_dangling(T3, "controller_restart") == []
+        assert store.close_dangling("controller_restart") == []
     with opened(db) as store:
         recs = by_id(store)
     assert (recs["done"].ended_at, recs["done"].stop_reason) == (T1, "ev_disconnected")
-    for sid in ("open1", "open2"):
-        assert (recs[sid].ended_at, recs[sid].stop_reason) == (T3, "controller_restart")
+    # They ended at their last sign of life, not when the controller came back.
+    assert (recs["open1"].ended_at, recs["open1"].stop_reason) == (T2, "controller_restart")
+    assert (recs["open2"].ended_at, recs["open2"].stop_reason) == (T2, "controller_restart")
     # Closing keeps what the last checkpoint recorded.
     assert (recs["open1"].energy_wh, recs["open1"].wakeups, recs["open1"].faults) == \
         (77.0, 1, ("meter_lost",))

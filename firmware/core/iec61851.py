@@ -108,6 +108,9 @@ class ChargerState:
     offer_since: float = -math.inf         # PWM (re)offered while the car waits in B
     wakeups_this_offer: int = 0
     wakeups_total: int = 0
+    # The car went C → B by itself (full, its timer, its driver): it is not woken up until it
+    # asks for power again or is unplugged, whatever pauses we make in between.
+    ev_paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +145,7 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
     cp = classify(inp.cp, s.cp) if observing else s.cp
     allowed_a = max(s.offered_a, s.recent_offer_a if now < s.recent_offer_until else 0.0)
 
-    conditions, overcurrent_since = supervise(
+    conditions, overcurrent_since, safety_due = supervise(
         Observation(cp=cp, cp_reading=inp.cp, pwm_on=s.pilot.mode is PilotMode.PWM,
                     observing_cp=observing, contactor_closed_cmd=s.contactor,
                     contactor_changed_at=s.contactor_changed_at, feedback=inp.feedback,
@@ -169,8 +172,13 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
                               and diode_present(inp.cp))
     if not plugged:
         diode_ok = False
+    ev_paused = s.ev_paused and plugged and cp not in POWER_REQUEST
 
     t = board.timing
+    if safety_due is not None:
+        deadlines.append(safety_due)
+    if inp.limit.changes_at is not None:
+        deadlines.append(inp.limit.changes_at)
     phase, suspend, pilot, contactor = s.phase, s.suspend, s.pilot, False
     offer_since, wakeups = s.offer_since, s.wakeups_this_offer
     wakeups_total = s.wakeups_total
@@ -203,8 +211,10 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
             offer = (Pilot(PilotMode.PWM, HLC_DUTY) if board.charging.hlc
                      else pwm_for_current(min(inp.limit.amps, board.ratings.max_current_a)))
             phase, suspend, pilot, offer_since, wakeups, wakeups_total = _offering(
-                s, cp, offer, diode_ok, now, board, deadlines, events)
+                s, cp, observing, offer, diode_ok, ev_paused, now, board, deadlines, events)
             contactor = phase is Phase.CHARGING
+            if phase is Phase.PAUSED_EV and suspend is SuspendReason.EV_PAUSED:
+                ev_paused = True
 
     pwm_off_at = (now if s.pilot.mode is PilotMode.PWM and pilot.mode is not PilotMode.PWM
                   else s.pwm_off_at)
@@ -226,8 +236,8 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
         contactor_changed_at = now
     else:
         contactor_changed_at = s.contactor_changed_at
-    if not contactor:
-        deadlines.append(contactor_changed_at + t.weld_check_delay_s)
+    deadlines.append(contactor_changed_at + (t.contactor_feedback_s if contactor
+                                             else t.weld_check_delay_s))
 
     if s.plugged and not plugged:
         events.append(Event(EventKind.UNPLUGGED, now, stop=(
@@ -244,10 +254,14 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
         events.append(Event(EventKind.OFFER_CHANGED, now, amps=offered_a))
 
     # Locked while plugged (IEC 61851-1 D.6.5). A fault that ends the session releases the plug
-    # so the cable can be removed, except a welded contactor: the socket may be live.
-    lock_wanted = board.has(Role.LOCK) and plugged and not (
-        FaultCode.CONTACTOR_WELDED not in faults
-        and any(FAULT_RULES[f].recovery is not Recovery.AUTO for f in faults))
+    # so the cable can be removed, but never while the socket may be live: the contactor is
+    # closed, its weld check is still pending, or it is welded. That holds after an unplug too.
+    may_be_live = (contactor or s.contactor or FaultCode.CONTACTOR_WELDED in faults
+                   or now < contactor_changed_at + t.weld_check_delay_s)
+    ends_session = any(FAULT_RULES[f].recovery is not Recovery.AUTO for f in faults)
+    held = plugged or s.lock_requested_at is not None
+    lock_wanted = board.has(Role.LOCK) and held and (
+        may_be_live or (plugged and not ends_session))
     lock_requested_at: float | None = None
     if lock_wanted:
         lock_requested_at = now if s.lock_requested_at is None else s.lock_requested_at
@@ -261,7 +275,7 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
         recent_offer_a=recent_offer_a, recent_offer_until=recent_offer_until, faults=faults,
         fault_since=fault_since, overcurrent_since=overcurrent_since, diode_ok=diode_ok,
         lock_requested_at=lock_requested_at, offer_since=offer_since,
-        wakeups_this_offer=wakeups, wakeups_total=wakeups_total)
+        wakeups_this_offer=wakeups, wakeups_total=wakeups_total, ev_paused=ev_paused)
     future = [d for d in deadlines if d > now]
     return Step(new, Command(pilot, contactor, lock_wanted, _indicator(phase)), tuple(events),
                 iec_state(cp, pilot), min(future) if future else None)
@@ -278,9 +292,9 @@ def _blocked(inp: Inputs, board: Board) -> SuspendReason | None:
     return None
 
 
-def _offering(s: ChargerState, cp: CpState, offer: Pilot, diode_ok: bool, now: float,
-              board: Board, deadlines: list[float], events: list[Event]
-              ) -> tuple[Phase, SuspendReason | None, Pilot, float, int, int]:
+def _offering(s: ChargerState, cp: CpState, observing: bool, offer: Pilot, diode_ok: bool,
+              ev_paused: bool, now: float, board: Board, deadlines: list[float],
+              events: list[Event]) -> tuple[Phase, SuspendReason | None, Pilot, float, int, int]:
     """The car may charge: PWM is on, unless a wake-up sequence is under way."""
     t = board.timing
     offer_since, wakeups, total = s.offer_since, s.wakeups_this_offer, s.wakeups_total
@@ -301,6 +315,9 @@ def _offering(s: ChargerState, cp: CpState, offer: Pilot, diode_ok: bool, now: f
 
     if cp in POWER_REQUEST:
         reclose_at = s.contactor_changed_at + board.timing.contactor_min_reclose_s
+        if not observing:
+            # We drove F until now: the CP we remember is from before. Look first.
+            return Phase.READY, SuspendReason.EV_NOT_READY, offer, offer_since, wakeups, total
         if not diode_ok:
             return Phase.READY, SuspendReason.EV_NOT_READY, offer, offer_since, wakeups, total
         if not s.contactor and now < reclose_at:
@@ -308,9 +325,10 @@ def _offering(s: ChargerState, cp: CpState, offer: Pilot, diode_ok: bool, now: f
             return Phase.READY, SuspendReason.RECLOSE_DELAY, offer, offer_since, wakeups, total
         return Phase.CHARGING, None, offer, offer_since, wakeups, total
 
-    if s.phase in (Phase.CHARGING, Phase.PAUSED_EV):
-        reason = s.suspend if s.phase is Phase.PAUSED_EV else SuspendReason.EV_PAUSED
-        return Phase.PAUSED_EV, reason, offer, offer_since, wakeups, total
+    if s.phase is Phase.CHARGING or ev_paused:
+        return Phase.PAUSED_EV, SuspendReason.EV_PAUSED, offer, offer_since, wakeups, total
+    if s.phase is Phase.PAUSED_EV:
+        return Phase.PAUSED_EV, s.suspend, offer, offer_since, wakeups, total
 
     waited = now - offer_since
     wait = t.wakeup_wait_c_s if wakeups else t.wakeup_after_s
@@ -348,7 +366,17 @@ def _indicator(phase: Phase) -> IndicatorState:
 
 
 def manual_reset(s: ChargerState, codes: frozenset[FaultCode] | None = None) -> ChargerState:
-    """An operator clears faults (all when ``codes`` is None). Conditions still present are
-    raised again by the next step, so a reset can never hide a live fault."""
-    keep = frozenset() if codes is None else s.faults - codes
-    return replace(s, faults=keep)
+    """An operator clears latched faults (all of them when ``codes`` is None). Only faults
+    whose rule is a manual reset: a replug fault (an over-current car) is not the operator's to
+    forgive. Conditions still present are raised again by the next step."""
+    resettable = {f for f in s.faults if FAULT_RULES[f].recovery is Recovery.MANUAL_RESET}
+    if codes is not None:
+        resettable &= codes
+    return replace(s, faults=s.faults - resettable)
+
+
+def hardware_took_over(s: ChargerState, now: float) -> ChargerState:
+    """Outside a step the contactor was opened and state F driven (the shell's fail-safe, a
+    watchdog). The reclose delay and the weld check run from now, and the CP, which shows our
+    −12 V, is not taken for the car's in the next step."""
+    return replace(s, contactor=False, contactor_changed_at=now, pilot=STATE_F)

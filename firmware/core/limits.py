@@ -66,8 +66,11 @@ class LimitSource(Enum):
 class Limit:
     """One source's ceiling on the current: amps per phase OR watts in total, not both.
 
-    ``phases`` is how many phases the source assumes (None: whatever the board has); it turns
-    watts into amps. ``valid_from``/``valid_until`` are clock times; None means open-ended.
+    ``phases`` is how many phases the source asks to charge on (None: no preference); it is kept
+    for 1p/3p switching, which arrives with the energy manager. Watts always become amps over
+    the phases actually energised, never over a phase count some source wishes for: a 1-phase
+    wish must not turn a 7 kW limit into 21 kW on a 3-phase board. ``valid_from`` and
+    ``valid_until`` are clock times; None means open-ended.
     """
 
     source: LimitSource
@@ -105,10 +108,11 @@ class Limit:
                 and (self.valid_until is None or now < self.valid_until))
 
     def per_phase_amps(self, phases: int, voltage_v: float) -> float:
+        """Amps per phase when ``phases`` phases are energised."""
         if self.amps is not None:
             return self.amps
         assert self.watts is not None
-        return self.watts / (voltage_v * (self.phases or phases))
+        return self.watts / (voltage_v * phases)
 
 
 _ORDER = {source: i for i, source in enumerate(LimitSource)}
@@ -117,30 +121,33 @@ _ORDER = {source: i for i, source in enumerate(LimitSource)}
 @dataclass(frozen=True, slots=True)
 class EffectiveLimit:
     amps: float                  # per phase; 0 when no limit is known (fail safe)
-    phases: int
     binding: Limit | None
     active: tuple[Limit, ...]
     boosted: bool
+    changes_at: float | None = None  # the next time a limit starts or ends its validity
 
 
 def arbitrate(limits: Iterable[Limit], now: float, *, phases: int, voltage_v: float,
               boost: bool = False) -> EffectiveLimit:
-    """The minimum of the limits active at ``now``, and which one sets it.
+    """The minimum of the limits active at ``now`` with ``phases`` energised, and which one
+    sets it.
 
     With ``boost`` the user lifts optimisation and tariff limits (never grid or safety ones).
-    A limit with fewer phases than the board narrows the phases used. Ties go to the more
-    important class, then to the source declared first, so the explanation is stable.
+    Ties go to the more important class, then to the source declared first, so the explanation
+    is stable.
     """
+    limits = tuple(limits)
     active = tuple(lim for lim in limits
                    if lim.active(now) and not (boost and lim.cls in BOOSTABLE))
-    use_phases = min([phases, *(lim.phases for lim in active if lim.phases is not None)])
+    edges = [t for lim in limits for t in (lim.valid_from, lim.valid_until)
+             if t is not None and t > now]
     best: Limit | None = None
     best_amps = math.inf
     for lim in active:
-        amps = lim.per_phase_amps(use_phases, voltage_v)
+        amps = lim.per_phase_amps(phases, voltage_v)
         if best is None or amps < best_amps or (
                 amps == best_amps and (lim.cls, _ORDER[lim.source])
                 < (best.cls, _ORDER[best.source])):
             best, best_amps = lim, amps
-    return EffectiveLimit(amps=0.0 if best is None else best_amps, phases=use_phases,
-                          binding=best, active=active, boosted=boost)
+    return EffectiveLimit(amps=0.0 if best is None else best_amps, binding=best, active=active,
+                          boosted=boost, changes_at=min(edges) if edges else None)

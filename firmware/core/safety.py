@@ -7,6 +7,7 @@ fault is raised: no queue, no await, between a reading and the open command.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -48,11 +49,14 @@ class Observation:
 
 
 def supervise(obs: Observation, active: frozenset[FaultCode], overcurrent_since: float | None,
-              now: float, board: Board) -> tuple[frozenset[FaultCode], float | None]:
-    """The fault conditions present at ``now`` and the updated over-current timer.
+              now: float, board: Board
+              ) -> tuple[frozenset[FaultCode], float | None, float | None]:
+    """The fault conditions present at ``now``, the updated over-current timer, and when a
+    condition would next appear if nothing else changed (so the shell looks again then).
 
     ``active`` is needed for hysteresis (an over-temperature stop holds until ``resume_c``).
     """
+    due: list[float] = []
     found: set[FaultCode] = set()
     t = board.timing
     plugged = obs.cp in (CpState.B, CpState.C, CpState.D)
@@ -77,8 +81,10 @@ def supervise(obs: Observation, active: frozenset[FaultCode], overcurrent_since:
     if not obs.contactor_closed_cmd and since >= t.weld_check_delay_s and (
             fb.voltage_present is True or fb.aux_closed is True):
         found.add(FaultCode.CONTACTOR_WELDED)
+    # The auxiliary contact tells the contactor's own state; voltage after it also drops when
+    # the grid does, so it counts only on boards without an auxiliary contact.
     if obs.contactor_closed_cmd and since >= t.contactor_feedback_s and (
-            fb.aux_closed is False or fb.voltage_present is False):
+            fb.aux_closed is False or (fb.aux_closed is None and fb.voltage_present is False)):
         found.add(FaultCode.CONTACTOR_NOT_CLOSING)
 
     if obs.lock is not None and obs.lock_requested_at is not None and plugged and (
@@ -93,15 +99,21 @@ def supervise(obs: Observation, active: frozenset[FaultCode], overcurrent_since:
     if _too_hot(obs.temperature_c, FaultCode.OVER_TEMPERATURE in active, board):
         found.add(FaultCode.OVER_TEMPERATURE)
 
-    if board.has(Role.METER) and obs.contactor_closed_cmd and (
-            obs.meter is None or now - obs.meter.at > t.meter_stale_s):
-        found.add(FaultCode.METER_LOST)
+    # Checked whenever a car is plugged, not only while charging: a fault that opened the
+    # contactor must not clear itself and let it close again into an unsupervised charge.
+    if board.has(Role.METER) and plugged:
+        if obs.meter is None or now - obs.meter.at > t.meter_stale_s:
+            found.add(FaultCode.METER_LOST)
+        else:
+            due.append(obs.meter.at + t.meter_stale_s)
 
     overcurrent_since = _overcurrent_timer(obs, overcurrent_since, now, board.safety)
-    if (overcurrent_since is not None
-            and now - overcurrent_since >= board.safety.overcurrent_timeout_s):
-        found.add(FaultCode.OVER_CURRENT)
-    return frozenset(found), overcurrent_since
+    if overcurrent_since is not None:
+        if now - overcurrent_since >= board.safety.overcurrent_timeout_s:
+            found.add(FaultCode.OVER_CURRENT)
+        else:
+            due.append(overcurrent_since + board.safety.overcurrent_timeout_s)
+    return frozenset(found), overcurrent_since, min(due) if due else None
 
 
 def _overcurrent_timer(obs: Observation, since: float | None, now: float,
@@ -131,8 +143,8 @@ def thermal_limit(temp_c: float | None, board: Board) -> Limit | None:
         return None
     top, bottom = board.ratings.max_current_a, board.charging.min_current_a
     share = min(1.0, (temp_c - s.derate_start_c) / (s.stop_c - s.derate_start_c))
-    return Limit.of(LimitSource.THERMAL, f"derated at {temp_c:.0f} °C",
-                    amps=round(top - share * (top - bottom), 1))
+    amps = math.floor((top - share * (top - bottom)) * 10) / 10  # down: never above the curve
+    return Limit.of(LimitSource.THERMAL, f"derated at {temp_c:.0f} °C", amps=amps)
 
 
 def clears(code: FaultCode, conditions: frozenset[FaultCode], cp: CpState,

@@ -12,12 +12,12 @@ import asyncio
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from firmware import logs
 from firmware.core import iec61851 as core
-from firmware.core.duty import STATE_F, PilotMode
+from firmware.core.duty import PilotMode
 from firmware.core.iec61851 import ChargerState, Command, EventKind, Inputs, Step
 from firmware.core.limits import EffectiveLimit, Limit, LimitSource, arbitrate
 from firmware.core.proximity import cable_ampacity
@@ -25,7 +25,7 @@ from firmware.core.reasons import FAULT_RULES, FaultCode, Recovery, StopReason
 from firmware.core.safety import RcdTest, thermal_limit
 from firmware.evse.limit_port import LimitPort
 from firmware.evse.session import Session
-from firmware.store.db import Store
+from firmware.store.db import Store, StoreError
 from hal.board import Board
 from hal.clock import Clock, iso
 from hal.hardware import Hardware
@@ -41,7 +41,6 @@ class View:
     """What a status line, the web page or MQTT shows of a connector."""
 
     iec: str
-    phase: core.Phase
     state: ChargerState
     limit: EffectiveLimit
     meter: MeterReading | None
@@ -59,11 +58,11 @@ class Connector:
         self.limits = limits
         self.log = logs.get(f"connector{number}")
         self.authorized = board.charging.free_mode
-        latched = frozenset(FaultCode(c) for c in store.latched(number))
+        latched = _known_faults(store.latched(number), store)
         self.state = ChargerState(faults=latched)
         self.session: Session | None = None
         self.last: Step | None = None
-        self.limit = EffectiveLimit(0.0, board.ratings.phases, None, (), False)
+        self.limit = EffectiveLimit(0.0, None, (), False)
         self.meter: MeterReading | None = None
         self.rcd_test = RcdTest.NOT_RUN
         self.session_listeners: list[Callable[[Session], None]] = []
@@ -116,6 +115,13 @@ class Connector:
             self._end_session(reason, now)
         logs.log(self.log, "connector_stopped", connector=self.number, reason=reason)
 
+    def authorize(self, on: bool) -> None:
+        """Allow (or withdraw) charging for the car plugged in; OCPP will call this."""
+        if on != self.authorized:
+            self.authorized = on
+            logs.log(self.log, "authorization", connector=self.number, authorized=on)
+            self.step()
+
     def reset_faults(self, codes: frozenset[FaultCode] | None = None) -> list[str]:
         """An operator's manual reset. Conditions still present are raised again at once."""
         cleared = self.store.unlatch(self.number, None if codes is None
@@ -166,17 +172,14 @@ class Connector:
         self._reschedule(now)
 
     def _opened_behind_the_core(self, now: float) -> None:
-        """The contactor was opened and state F driven outside a step (fail-safe, watchdog).
-        The core must know: the reclose delay and the weld check run from now, and the CP,
-        which shows our −12 V, is not read as the car's. The next step drives every output."""
-        self.state = replace(self.state, contactor=False, contactor_changed_at=now,
-                             pilot=STATE_F)
-        self._applied = None
+        self.state = core.hardware_took_over(self.state, now)
+        self._applied = None  # the next step drives every output again
 
     def _step_once(self) -> None:
         now = self.clock.now()
-        self._take_over_from_watchdog(now)
         inputs = self._read(now)
+        # After the reads: on the sim board reading lets time pass, which may trip it.
+        self._take_over_from_watchdog(now)
         result = core.step(self.state, inputs, now, self.board)
         self._apply(result.command)
         self.state = result.state
@@ -302,8 +305,9 @@ class Connector:
         self._checkpoint_at = now + CHECKPOINT_S
 
     def _checkpoint(self, s: Session) -> None:
-        self.store.update_session(s.id, energy_wh=s.energy_wh, max_power_w=s.max_power_w,
-                                  wakeups=s.wakeups, faults=[f.value for f in s.faults])
+        self.store.update_session(s.id, at=iso(self.clock.now()), energy_wh=s.energy_wh,
+                                  max_power_w=s.max_power_w, wakeups=s.wakeups,
+                                  faults=[f.value for f in s.faults])
 
     def _end_session(self, reason: StopReason, now: float) -> None:
         s = self.session
@@ -346,5 +350,17 @@ class Connector:
 
     def view(self) -> View:
         last = self.last
-        return View(iec=last.iec if last else "A", phase=self.state.phase, state=self.state,
-                    limit=self.limit, meter=self.meter, session=self.session)
+        return View(iec=last.iec if last else "A", state=self.state, limit=self.limit,
+                    meter=self.meter, session=self.session)
+
+
+def _known_faults(codes: list[str], store: Store) -> frozenset[FaultCode]:
+    known = {f.value: f for f in FaultCode}
+    unknown = [c for c in codes if c not in known]
+    if unknown:
+        # Written by another voltpilot version: we cannot tell what it guards, so we do not
+        # start rather than charge past it.
+        raise StoreError(f"{store.path}: latched fault {unknown[0]!r} is unknown to this "
+                         "voltpilot; clear it with `voltpilot faults --reset "
+                         f"{unknown[0]}` once the cause is checked")
+    return frozenset(known[c] for c in codes)

@@ -1,7 +1,8 @@
 """SQLite store (WAL): session records, their events, and latched faults.
 
-WAL with synchronous=NORMAL: a commit survives a crash of the controller; after a power cut the
-last commits may be gone but the file stays consistent. A session that was still open when the
+WAL with synchronous=FULL: a commit survives a crash and a power cut (a latched RCD trip is
+often followed by someone switching the breaker off). Writes are rare: events, session start and
+end, and a checkpoint of an open session every minute. A session that was still open when the
 controller died is closed at the next start with the stop reason ``controller_restart``, so no
 record is left dangling. Faults whose recovery is a manual reset (a welded contactor, an RCD
 trip) are kept here so a reboot cannot clear them.
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     connector INTEGER NOT NULL,
     started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,   -- the last checkpoint: when a crash ends a session, it ended then
     ended_at TEXT,
     energy_wh REAL NOT NULL DEFAULT 0,
     max_power_w REAL NOT NULL DEFAULT 0,
@@ -72,7 +74,7 @@ class Store:
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -89,14 +91,14 @@ class Store:
     # ---- sessions ------------------------------------------------------------------------
 
     def open_session(self, session_id: str, connector: int, started_at: str) -> None:
-        self._db.execute("INSERT INTO sessions (id, connector, started_at) VALUES (?, ?, ?)",
-                         (session_id, connector, started_at))
+        self._db.execute("INSERT INTO sessions (id, connector, started_at, updated_at) "
+                         "VALUES (?, ?, ?, ?)", (session_id, connector, started_at, started_at))
 
-    def update_session(self, session_id: str, *, energy_wh: float, max_power_w: float,
+    def update_session(self, session_id: str, *, at: str, energy_wh: float, max_power_w: float,
                        wakeups: int, faults: list[str]) -> None:
         self._db.execute(
-            "UPDATE sessions SET energy_wh=?, max_power_w=?, wakeups=?, faults=? WHERE id=?",
-            (energy_wh, max_power_w, wakeups, json.dumps(faults), session_id))
+            "UPDATE sessions SET updated_at=?, energy_wh=?, max_power_w=?, wakeups=?, faults=? "
+            "WHERE id=?", (at, energy_wh, max_power_w, wakeups, json.dumps(faults), session_id))
 
     def close_session(self, session_id: str, *, ended_at: str, stop_reason: str,
                       energy_wh: float, max_power_w: float, wakeups: int,
@@ -107,11 +109,12 @@ class Store:
             (ended_at, stop_reason, energy_wh, max_power_w, wakeups, json.dumps(faults),
              session_id))
 
-    def close_dangling(self, ended_at: str, stop_reason: str) -> list[str]:
-        """Close sessions left open by a controller that died; returns their ids."""
+    def close_dangling(self, stop_reason: str) -> list[str]:
+        """Close sessions left open by a controller that died, as of their last checkpoint (not
+        now: the outage in between was not charging); returns their ids."""
         ids = [r[0] for r in self._db.execute("SELECT id FROM sessions WHERE ended_at IS NULL")]
-        self._db.execute("UPDATE sessions SET ended_at=?, stop_reason=? WHERE ended_at IS NULL",
-                         (ended_at, stop_reason))
+        self._db.execute("UPDATE sessions SET ended_at=updated_at, stop_reason=? "
+                         "WHERE ended_at IS NULL", (stop_reason,))
         return ids
 
     def sessions(self, limit: int = 100) -> list[SessionRecord]:

@@ -149,12 +149,14 @@ class SimWatchdog:
         self._plant.arm_watchdog(timeout_s)
 
     def kick(self) -> None:
+        self._plant.advance()  # a kick after the window has run out must not save it
         self._plant.kick_watchdog()
 
     def disarm(self) -> None:
         self._plant.arm_watchdog(0.0)
 
     def tripped(self) -> bool:
+        self._plant.advance()
         return self._plant.watchdog.tripped
 
 

@@ -15,15 +15,17 @@ web page needs one; ``evsim`` or ``socat - UNIX-CONNECT:<path>`` talk to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import json
 import os
+import socket
+import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hal.sim.ev import PROFILES, Quirk, is_number
+from hal.sim.ev import PROFILES, EvProfile, Quirk, is_number
 from hal.sim.plant import PP_OHM, Plant, PlantError, PlantFault
 
 MAX_LINE = 65536
@@ -91,6 +93,9 @@ class Command:
     doc: str
     args: tuple[Arg, ...]
     handler: Handler
+    # Checks that span several arguments; raises CommandError. Run by ``parse``, so scenario
+    # files are checked in full before the run, not when the action comes up.
+    check: Callable[[dict[str, Any]], object] | None = None
 
 
 class CommandTable:
@@ -126,6 +131,8 @@ class CommandTable:
         for arg in command.args:
             if arg.required and arg.name not in args:
                 raise CommandError(f"{name}: missing argument {arg.name!r}")
+        if command.check is not None:
+            command.check(args)
         return command, args
 
     def execute(self, request: Any) -> dict[str, Any]:
@@ -150,14 +157,17 @@ def plant_commands(plant: Plant) -> list[Command]:
             return state(args)
         return run
 
-    def plug(args: dict[str, Any]) -> None:
+    def profile_of(args: dict[str, Any]) -> EvProfile:
         profile = PROFILES[args.get("profile", plant.default_profile)]
         if "ev" in args:
             try:
                 profile = profile.with_overrides(args["ev"])
             except ValueError as exc:
                 raise CommandError(f"plug: {exc}") from exc
-        plant.plug(profile)
+        return profile
+
+    def plug(args: dict[str, Any]) -> None:
+        plant.plug(profile_of(args))
 
     def cable(args: dict[str, Any]) -> None:
         if plant.ev is not None:
@@ -190,7 +200,7 @@ def plant_commands(plant: Plant) -> list[Command]:
         Command("profiles", "list the EV profiles", (), profiles),
         Command("plug", "plug a car in (profile name, optional field overrides in 'ev')",
                 (Arg("profile", "string", choices=tuple(PROFILES)), Arg("ev", "object")),
-                then_state(plug)),
+                then_state(plug), check=profile_of),
         Command("unplug", "unplug the car", (), then_state(lambda a: plant.unplug())),
         Command("ev_stop", "the driver stops charging from the car", (),
                 then_state(lambda a: plant.ev_stop())),
@@ -219,11 +229,27 @@ def plant_commands(plant: Plant) -> list[Command]:
     ]
 
 
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket left by a controller that died; refuse to touch anything else."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", str(path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+            return
+    raise OSError(errno.EADDRINUSE, "in use by another running controller", str(path))
+
+
 async def serve(path: Path, table: CommandTable) -> asyncio.Server:
     """Answer JSON-lines requests on a Unix socket at ``path`` (replacing a stale one)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale_socket(path)
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -251,6 +277,9 @@ async def serve(path: Path, table: CommandTable) -> asyncio.Server:
         finally:
             writer.close()
 
-    server = await asyncio.start_unix_server(client, path=str(path), limit=MAX_LINE)
-    os.chmod(path, 0o600)
-    return server
+    # Owner-only from the first moment: the socket drives a plant that switches a contactor.
+    umask = os.umask(0o177)
+    try:
+        return await asyncio.start_unix_server(client, path=str(path), limit=MAX_LINE)
+    finally:
+        os.umask(umask)
