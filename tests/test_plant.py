@@ -140,3 +140,15 @@ def test_plant_refuses_what_makes_no_sense() -> None:
 def test_bad_ev_overrides_are_refused(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         PROFILES["compact_3p"].with_overrides(overrides)
+
+
+def test_watchdog_stops_the_energy_when_it_trips_not_when_someone_looks() -> None:
+    plant, clock = plant_with(PROFILES["compact_3p"])
+    charge(plant, clock)
+    plant.arm_watchdog(5.0)
+    before = plant.meter_energy_wh
+    clock.advance(60.0)  # nobody reads for a minute
+    plant.advance()
+    assert plant.watchdog.tripped and not plant.contactor_closed
+    power_w = 3 * 230.0 * 16.0  # the car takes its own 16 A maximum
+    assert plant.meter_energy_wh - before == pytest.approx(power_w * 5.0 / 3600, rel=1e-6)

@@ -106,15 +106,18 @@ class Plant:
                     nxt = self.last_t + to_full
                 if power > 0 and ev.soc > ev.profile.taper_soc:
                     nxt = min(nxt, self.last_t + self.max_step_s)
+            w = self.watchdog
+            if w.timeout_s > 0 and not w.tripped and self.last_t < w.last_kick + w.timeout_s < nxt:
+                nxt = w.last_kick + w.timeout_s  # it opens the contactor then, not at the end
             if nxt <= self.last_t:
                 # A crossing closer than one float step: integrate to the end in one go.
                 nxt = now
             self._integrate(nxt - self.last_t)
             self.last_t = nxt
+            self._check_watchdog(nxt)
             if ev is not None:
                 ev.apply_due(nxt)
                 ev.sense(self.output, self.duty, nxt)
-        self._check_watchdog(now)
         self._sample_meter(now)
         self._announce()
 
@@ -159,7 +162,7 @@ class Plant:
         candidates: list[float] = []
         w = self.watchdog
         if w.timeout_s > 0 and not w.tripped:
-            candidates.append(w.last_kick + w.timeout_s + 1e-3)
+            candidates.append(w.last_kick + w.timeout_s)
         ev = self.ev
         if ev is not None:
             due = ev.next_due()
@@ -267,7 +270,7 @@ class Plant:
 
     def _check_watchdog(self, now: float) -> None:
         w = self.watchdog
-        if w.timeout_s > 0 and not w.tripped and now - w.last_kick > w.timeout_s:
+        if w.timeout_s > 0 and not w.tripped and now - w.last_kick >= w.timeout_s:
             # What the hardware does when the host goes silent: PWM off, contactor open.
             w.tripped = True
             self.output, self.duty = Output.F, 0.0
