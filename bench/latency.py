@@ -1,9 +1,17 @@
 """Event → command latencies of the connector: CP C→B → contactor open, limit → PWM duty.
 
 The controller runs in this process on the sim board and a real asyncio loop on wall-clock time,
-while a background task keeps that loop busy with JSON work. Each event is triggered from a
-separate thread, the way an ADC or IRQ thread hands an edge to the loop, and the latency runs from
-the trigger in that thread to the moment the connector calls the HAL command.
+while a background task keeps that loop busy with JSON work. Each event arrives the way a
+hardware edge would, as I/O on the loop: a separate trigger process (``bench.trigger``) takes t0
+on CLOCK_MONOTONIC and sends SIGUSR1 to this process; asyncio delivers the signal through its
+wakeup fd, like the fd of a GPIO edge, and the handler performs the event (the car opens S2, or a
+new current limit arrives). The latency runs from t0 in the trigger process to the moment the
+connector calls the HAL command, on the same clock. So it includes the signal's delivery and the
+wait for the busy loop, and no GIL of this process delays t0.
+
+The events go one at a time: the trigger sleeps a random 5–30 ms after being told the previous
+event has settled, so the signals do not lock onto the load. Must run in the main thread (signal
+handlers); Unix only.
 """
 
 from __future__ import annotations
@@ -12,17 +20,17 @@ import asyncio
 import contextlib
 import gc
 import json
-import random
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import Result, Spec, ms, percentile
+from bench import Result, Spec, ms, percentile, trigger
+from bench.trigger import now_ns
 from firmware import logs
 from firmware.core.duty import duty_for_current
 from firmware.core.limits import Limit, LimitSource
@@ -46,42 +54,56 @@ MIN_EVENTS = 1000
 EV = PROFILES["compact_3p"].with_overrides({"reaction_s": 0.0, "battery_kwh": 100_000.0})
 GAP_S = (0.005, 0.030)   # random pause between events, so triggers do not lock onto the load
 CHUNK_S = 0.0015         # aim of one JSON chunk: the longest the loop is kept from the event
-ANSWER_TIMEOUT_S = 2.0   # an event not answered within this counts as missed
-SETTLE_TIMEOUT_S = 5.0
+ANSWER_TIMEOUT_S = 2.0   # an event not answered within this (after its t0) counts as missed
+SETTLE_TIMEOUT_S = 5.0   # also how long the trigger process may take to report a t0
 STOPPED = "ev_stopped"   # the tag of a contactor opening caused by the car's stop
 
 
 class Probe:
-    """Pairs the trigger time taken in the trigger thread with the call that answers it.
+    """Pairs the HAL call that answers an event with the t0 the trigger process reports.
 
-    Only a call carrying the expected tag counts, so an unrelated opening or duty change (a timer
-    step, the start-up) can never pass for a fast answer.
+    Only a call carrying the expected tag counts, and only once the signal handler has armed
+    the probe, just before it performs the event; so an unrelated opening or duty change (a timer
+    step, the start-up) can never pass for a fast answer. All of it runs on the loop.
     """
 
     def __init__(self) -> None:
         self.latencies_ms: list[float] = []
         self.missed = 0
-        self._answered = threading.Event()
         self._tag: object = None
-        self._t0: int | None = None
+        self._armed = False
+        self._answer: asyncio.Future[int] | None = None
 
-    def arm(self, tag: object) -> None:
-        self._answered.clear()
+    def expect(self, tag: object) -> None:
+        """The next event answers with ``tag`` (before the trigger is told it may signal)."""
         self._tag = tag
-        self._t0 = time.perf_counter_ns()
+        self._armed = False
+        self._answer = asyncio.get_running_loop().create_future()
+
+    def arm(self) -> None:
+        """The signal arrived: from now on the expected call counts."""
+        self._armed = True
 
     def hit(self, t: int, tag: object) -> None:
-        t0 = self._t0
-        if t0 is None or tag != self._tag:
+        answer = self._answer
+        if not self._armed or tag != self._tag or answer is None or answer.done():
             return
-        self._t0 = None
-        self.latencies_ms.append((t - t0) / 1e6)
-        self._answered.set()
+        self._armed = False
+        answer.set_result(t)
 
-    def wait(self) -> None:
-        if not self._answered.wait(ANSWER_TIMEOUT_S):
-            self._t0 = None
+    async def wait(self, t0: int) -> None:
+        """Record the latency from ``t0``, or a miss if no answer by ANSWER_TIMEOUT_S after it."""
+        answer = self._answer
+        assert answer is not None
+        left_s = ANSWER_TIMEOUT_S - (now_ns() - t0) / 1e9
+        if left_s > 0:
+            await asyncio.wait([answer], timeout=left_s)
+        if answer.done():
+            self.latencies_ms.append((answer.result() - t0) / 1e6)
+        else:
             self.missed += 1
+        self._armed = False
+        self._answer = None
 
 
 class TimedContactor(SimContactor):
@@ -90,7 +112,7 @@ class TimedContactor(SimContactor):
         self._probe = probe
 
     def open(self) -> None:
-        t = time.perf_counter_ns()
+        t = now_ns()
         ev = self._plant.ev
         self._probe.hit(t, STOPPED if ev is not None and ev.user_stopped else None)
         super().open()
@@ -102,29 +124,61 @@ class TimedPilot(SimControlPilot):
         self._probe = probe
 
     def set_duty(self, percent: float) -> None:
-        self._probe.hit(time.perf_counter_ns(), percent)
+        self._probe.hit(now_ns(), percent)
         super().set_duty(percent)
 
 
 @dataclass
-class Rig:
-    """What the trigger thread may touch: the loop to hand events to, and the plant's state."""
+class Event:
+    tag: object                   # what the answering HAL call carries
+    perform: Callable[[], None]   # what the signal handler does
 
-    loop: asyncio.AbstractEventLoop
+
+@dataclass
+class Rig:
+    """The plant and port the events act on, and the event the next signal performs."""
+
     plant: Plant
     port: LimitPort
     probe: Probe
-    rng: random.Random
-    # How much later than asked the trigger thread woke from its pauses. The thread needs the
-    # GIL to run at all, and t0 is taken only once it has it, so this is the part of an edge's
-    # delay that the measured latency cannot see.
-    wake_late_ms: list[float] = field(default_factory=list)
+    pending: Event | None = None
+    stray_signals: int = 0   # signals with no event pending (after a miss, say)
 
-    def pause(self) -> None:
-        seconds = self.rng.uniform(*GAP_S)
-        due = time.perf_counter() + seconds
-        time.sleep(seconds)
-        self.wake_late_ms.append((time.perf_counter() - due) * 1e3)
+    def on_signal(self) -> None:
+        """SIGUSR1 from the trigger process, run by the loop like an edge fd's reader."""
+        event, self.pending = self.pending, None
+        if event is None:
+            self.stray_signals += 1
+            return
+        self.probe.arm()
+        event.perform()
+
+
+# The two kinds of event: what event ``i`` is, and how to get back to where the next can start.
+MakeEvent = Callable[[Rig, int], Event]
+Settle = Callable[[Rig], Awaitable[None]]
+
+
+def _stop_event(rig: Rig, i: int) -> Event:
+    return Event(STOPPED, rig.plant.ev_stop)
+
+
+async def _resume(rig: Rig) -> None:
+    plant = rig.plant
+    # The open command is timed on entry; let it finish before the car asks again.
+    await _until(lambda: not plant.contactor_closed, "the contactor did not open")
+    plant.ev_resume()
+    await _until(lambda: plant.contactor_closed, "the contactor did not close again")
+
+
+def _limit_event(rig: Rig, i: int) -> Event:
+    amps = 10.0 if i % 2 == 0 else 16.0
+    limit = Limit.of(LimitSource.OCPP_TX, "bench", amps=amps)
+    return Event(duty_for_current(amps), partial(rig.port.submit, limit))
+
+
+async def _nothing(rig: Rig) -> None:
+    return
 
 
 # ---- the load ------------------------------------------------------------------------------
@@ -182,40 +236,6 @@ async def _json_work(doc: list[dict[str, Any]], per_chunk: int, load: Load) -> N
         load.busy_s = sum(load.chunk_ms) / 1e3
 
 
-# ---- the triggers (run in their own thread) ------------------------------------------------
-
-
-def _poll(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} within {SETTLE_TIMEOUT_S:g} s")
-        time.sleep(0.0005)
-
-
-def _stop_events(rig: Rig, events: int) -> None:
-    plant = rig.plant
-    for _ in range(events):
-        rig.probe.arm(STOPPED)
-        rig.loop.call_soon_threadsafe(plant.ev_stop)
-        rig.probe.wait()
-        # The open command is timed on entry; let it finish before the car asks again.
-        _poll(lambda: not plant.contactor_closed, "the contactor did not open")
-        rig.loop.call_soon_threadsafe(plant.ev_resume)
-        _poll(lambda: plant.contactor_closed, "the contactor did not close again")
-        rig.pause()
-
-
-def _limit_events(rig: Rig, events: int) -> None:
-    for i in range(events):
-        amps = 10.0 if i % 2 == 0 else 16.0
-        limit = Limit.of(LimitSource.OCPP_TX, "bench", amps=amps)
-        rig.probe.arm(duty_for_current(amps))
-        rig.loop.call_soon_threadsafe(rig.port.submit, limit)
-        rig.probe.wait()
-        rig.pause()
-
-
 # ---- the controller ----------------------------------------------------------------------
 
 
@@ -231,15 +251,34 @@ def _logging_to(path: Path, clock: Clock) -> Iterator[None]:
                 root.removeHandler(handler)
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
+async def _until(condition: Callable[[], bool], what: str, poll_s: float = 0.001) -> None:
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while not condition():
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} within {SETTLE_TIMEOUT_S:g} s")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(poll_s)
 
 
-async def _measure(events: int, trigger: Callable[[Rig, int], None]) -> tuple[Rig, Load]:
+async def _events(rig: Rig, events: int, make: MakeEvent, settle: Settle) -> None:
+    """Have the trigger process signal ``events`` events, one at a time, and time each."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(trigger.SIGNAL, rig.on_signal)
+    try:
+        async with trigger.started(seed=events, gap_s=GAP_S) as source:
+            for i in range(events):
+                rig.pending = make(rig, i)
+                rig.probe.expect(rig.pending.tag)
+                source.ready()
+                t0 = await source.t0(SETTLE_TIMEOUT_S)
+                await rig.probe.wait(t0)
+                rig.pending = None   # a signal still to come (after a miss) performs nothing
+                await settle(rig)
+    finally:
+        # Only now, with the trigger process gone, can no SIGUSR1 meet the default action.
+        loop.remove_signal_handler(trigger.SIGNAL)
+
+
+async def _measure(events: int, make: MakeEvent, settle: Settle) -> tuple[Rig, Load]:
     board = load_board("sim")
     board = replace(board, timing=replace(board.timing, contactor_min_reclose_s=0.0))
     clock = WallClock()
@@ -261,9 +300,9 @@ async def _measure(events: int, trigger: Callable[[Rig, int], None]) -> tuple[Ri
         work = asyncio.create_task(_json_work(doc, _records_per_chunk(doc), load))
         try:
             plant.plug(EV)
-            await _until(lambda: plant.contactor_closed, "the car did not start charging")
-            rig = Rig(asyncio.get_running_loop(), plant, port, probe, random.Random(events))
-            await asyncio.to_thread(trigger, rig, events)
+            await _until(lambda: plant.contactor_closed, "the car did not start charging", 0.01)
+            rig = Rig(plant, port, probe)
+            await _events(rig, events, make, settle)
         finally:
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -283,16 +322,17 @@ def _result(spec: Spec, target_ms: float, events: int, rig: Rig, load: Load) -> 
     p50, p99, top = percentile(lat, 50), percentile(lat, 99), max(lat)
     met = p99 <= target_ms and probe.missed == 0 and len(lat) >= MIN_EVENTS
     chunks = load.chunk_ms
-    late = rig.wake_late_ms
     notes = [f"{len(lat)} events answered, {probe.missed} missed "
              f"(no answer within {ANSWER_TIMEOUT_S:g} s)",
              f"JSON load: {len(chunks)} chunks, p50 {ms(percentile(chunks, 50))}, "
              f"max {ms(max(chunks))}; busy {100 * load.busy_s / load.wall_s:.0f} % of the loop's "
              f"{load.wall_s:.1f} s; {len(load.gc_full_ms)} full GC pauses (they hold the GIL), "
              f"max {ms(max(load.gc_full_ms, default=0.0))}",
-             f"trigger thread woke late from its pauses (GIL wait, not in the latency): "
-             f"p50 {ms(percentile(late, 50))}, p99 {ms(percentile(late, 99))}, "
-             f"max {ms(max(late))}"]
+             f"trigger: SIGUSR1 from a separate process, seen by the loop through asyncio's "
+             f"signal wakeup fd; t0 taken in that process on CLOCK_MONOTONIC just before it "
+             f"signals, random {GAP_S[0] * 1e3:g}–{GAP_S[1] * 1e3:g} ms pause per event"]
+    if rig.stray_signals:
+        notes.append(f"{rig.stray_signals} signals came with no event pending")
     if len(lat) < MIN_EVENTS:
         notes.append(f"fewer than the {MIN_EVENTS} events the target is defined over")
     return Result(spec, f"p50 {ms(p50)}, p99 {ms(p99)}, max {ms(top)}", met, {
@@ -302,17 +342,15 @@ def _result(spec: Spec, target_ms: float, events: int, rig: Rig, load: Load) -> 
         "load_chunk_max_ms": max(chunks), "load_busy_fraction": load.busy_s / load.wall_s,
         "gc_full_pauses": len(load.gc_full_ms),
         "gc_full_max_ms": max(load.gc_full_ms, default=0.0),
-        "trigger_wake_late_p50_ms": percentile(late, 50),
-        "trigger_wake_late_p99_ms": percentile(late, 99),
-        "trigger_wake_late_max_ms": max(late),
+        "stray_signals": rig.stray_signals,
     }, notes)
 
 
 def contactor_latency(events: int) -> Result:
-    rig, load = asyncio.run(_measure(events, _stop_events))
+    rig, load = asyncio.run(_measure(events, _stop_event, _resume))
     return _result(CONTACTOR, CONTACTOR_TARGET_MS, events, rig, load)
 
 
 def limit_latency(events: int) -> Result:
-    rig, load = asyncio.run(_measure(events, _limit_events))
+    rig, load = asyncio.run(_measure(events, _limit_event, _nothing))
     return _result(LIMIT, LIMIT_TARGET_MS, events, rig, load)
