@@ -3,15 +3,14 @@
 The controller runs in this process on the sim board and a real asyncio loop on wall-clock time,
 while a background task keeps that loop busy with JSON work. Each event arrives the way a
 hardware edge would, as I/O on the loop: a separate trigger process (``bench.trigger``) takes t0
-on CLOCK_MONOTONIC and sends SIGUSR1 to this process; asyncio delivers the signal through its
-wakeup fd, like the fd of a GPIO edge, and the handler performs the event (the car opens S2, or a
-new current limit arrives). The latency runs from t0 in the trigger process to the moment the
-connector calls the HAL command, on the same clock. So it includes the signal's delivery and the
-wait for the busy loop, and no GIL of this process delays t0.
+on CLOCK_MONOTONIC and writes it to a pipe that this process watches with ``loop.add_reader``, as
+a real board watches a GPIO edge fd; the reader performs the event (the car opens S2, or a new
+current limit arrives). The latency runs from t0 in the trigger process to the moment the
+connector calls the HAL command, on the same clock. So it includes the pipe and the wait for the
+busy loop, and no GIL of this process delays t0.
 
 The events go one at a time: the trigger sleeps a random 5–30 ms after being told the previous
-event has settled, so the signals do not lock onto the load. Must run in the main thread (signal
-handlers); Unix only.
+event has settled, so the edges do not lock onto the load. Unix only.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from typing import Any
 from bench import Result, Spec, ms, percentile, trigger
 from bench.trigger import now_ns
 from firmware import logs
+from firmware.app import freeze_startup_heap
 from firmware.core.duty import duty_for_current
 from firmware.core.limits import Limit, LimitSource
 from firmware.evse.connector import Connector
@@ -62,7 +62,7 @@ STOPPED = "ev_stopped"   # the tag of a contactor opening caused by the car's st
 class Probe:
     """Pairs the HAL call that answers an event with the t0 the trigger process reports.
 
-    Only a call carrying the expected tag counts, and only once the signal handler has armed
+    Only a call carrying the expected tag counts, and only once the edge's reader has armed
     the probe, just before it performs the event; so an unrelated opening or duty change (a timer
     step, the start-up) can never pass for a fast answer. All of it runs on the loop.
     """
@@ -75,13 +75,13 @@ class Probe:
         self._answer: asyncio.Future[int] | None = None
 
     def expect(self, tag: object) -> None:
-        """The next event answers with ``tag`` (before the trigger is told it may signal)."""
+        """The next event answers with ``tag`` (before the trigger is told it may send it)."""
         self._tag = tag
         self._armed = False
         self._answer = asyncio.get_running_loop().create_future()
 
     def arm(self) -> None:
-        """The signal arrived: from now on the expected call counts."""
+        """The edge arrived: from now on the expected call counts."""
         self._armed = True
 
     def hit(self, t: int, tag: object) -> None:
@@ -131,27 +131,28 @@ class TimedPilot(SimControlPilot):
 @dataclass
 class Event:
     tag: object                   # what the answering HAL call carries
-    perform: Callable[[], None]   # what the signal handler does
+    perform: Callable[[], None]   # what the edge's reader does
 
 
 @dataclass
 class Rig:
-    """The plant and port the events act on, and the event the next signal performs."""
+    """The plant and port the events act on, and the event the next edge performs."""
 
     plant: Plant
     port: LimitPort
     probe: Probe
     pending: Event | None = None
-    stray_signals: int = 0   # signals with no event pending (after a miss, say)
+    stray_edges: int = 0   # edges with no event pending (after a miss, say)
 
-    def on_signal(self) -> None:
-        """SIGUSR1 from the trigger process, run by the loop like an edge fd's reader."""
+    def on_edge(self) -> bool:
+        """An edge from the trigger process; whether it performed an event."""
         event, self.pending = self.pending, None
         if event is None:
-            self.stray_signals += 1
-            return
+            self.stray_edges += 1
+            return False
         self.probe.arm()
         event.perform()
+        return True
 
 
 # The two kinds of event: what event ``i`` is, and how to get back to where the next can start.
@@ -260,22 +261,29 @@ async def _until(condition: Callable[[], bool], what: str, poll_s: float = 0.001
 
 
 async def _events(rig: Rig, events: int, make: MakeEvent, settle: Settle) -> None:
-    """Have the trigger process signal ``events`` events, one at a time, and time each."""
+    """Have the trigger process send ``events`` edges, one at a time, and time each event."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(trigger.SIGNAL, rig.on_signal)
-    try:
-        async with trigger.started(seed=events, gap_s=GAP_S) as source:
+    with trigger.started(seed=events, gap_s=GAP_S) as source:
+        edge: asyncio.Future[int] | None = None
+
+        def on_readable() -> None:
+            for t0 in source.read_t0s():
+                if rig.on_edge() and edge is not None and not edge.done():
+                    edge.set_result(t0)
+
+        loop.add_reader(source.fd, on_readable)
+        try:
             for i in range(events):
+                edge = loop.create_future()
                 rig.pending = make(rig, i)
                 rig.probe.expect(rig.pending.tag)
                 source.ready()
-                t0 = await source.t0(SETTLE_TIMEOUT_S)
+                t0 = await asyncio.wait_for(edge, SETTLE_TIMEOUT_S)
                 await rig.probe.wait(t0)
-                rig.pending = None   # a signal still to come (after a miss) performs nothing
+                rig.pending = None   # an edge still to come (after a miss) performs nothing
                 await settle(rig)
-    finally:
-        # Only now, with the trigger process gone, can no SIGUSR1 meet the default action.
-        loop.remove_signal_handler(trigger.SIGNAL)
+        finally:
+            loop.remove_reader(source.fd)
 
 
 async def _measure(events: int, make: MakeEvent, settle: Settle) -> tuple[Rig, Load]:
@@ -288,7 +296,6 @@ async def _measure(events: int, make: MakeEvent, settle: Settle) -> tuple[Rig, L
     assert plant is not None
     hw.contactor = TimedContactor(plant, probe)
     hw.control_pilot = TimedPilot(plant, probe)
-    doc = _document()
     load = Load([])
     with tempfile.TemporaryDirectory(prefix="voltpilot-bench-") as tmp, \
             _logging_to(Path(tmp) / "voltpilot.log", clock):
@@ -297,6 +304,8 @@ async def _measure(events: int, make: MakeEvent, settle: Settle) -> tuple[Rig, L
         connector = Connector(1, board, hw, clock, store, port)
         hw.start()
         connector.start()
+        freeze_startup_heap()  # as `voltpilot run` does once it is up; the load comes after
+        doc = _document()
         work = asyncio.create_task(_json_work(doc, _records_per_chunk(doc), load))
         try:
             plant.plug(EV)
@@ -328,11 +337,12 @@ def _result(spec: Spec, target_ms: float, events: int, rig: Rig, load: Load) -> 
              f"max {ms(max(chunks))}; busy {100 * load.busy_s / load.wall_s:.0f} % of the loop's "
              f"{load.wall_s:.1f} s; {len(load.gc_full_ms)} full GC pauses (they hold the GIL), "
              f"max {ms(max(load.gc_full_ms, default=0.0))}",
-             f"trigger: SIGUSR1 from a separate process, seen by the loop through asyncio's "
-             f"signal wakeup fd; t0 taken in that process on CLOCK_MONOTONIC just before it "
-             f"signals, random {GAP_S[0] * 1e3:g}–{GAP_S[1] * 1e3:g} ms pause per event"]
-    if rig.stray_signals:
-        notes.append(f"{rig.stray_signals} signals came with no event pending")
+             f"trigger: an edge written to a pipe by a separate process and watched with "
+             f"loop.add_reader, like a GPIO edge fd; t0 taken in that process on "
+             f"CLOCK_MONOTONIC just before it writes, random "
+             f"{GAP_S[0] * 1e3:g}–{GAP_S[1] * 1e3:g} ms pause per event"]
+    if rig.stray_edges:
+        notes.append(f"{rig.stray_edges} edges came with no event pending")
     if len(lat) < MIN_EVENTS:
         notes.append(f"fewer than the {MIN_EVENTS} events the target is defined over")
     return Result(spec, f"p50 {ms(p50)}, p99 {ms(p99)}, max {ms(top)}", met, {
@@ -342,7 +352,7 @@ def _result(spec: Spec, target_ms: float, events: int, rig: Rig, load: Load) -> 
         "load_chunk_max_ms": max(chunks), "load_busy_fraction": load.busy_s / load.wall_s,
         "gc_full_pauses": len(load.gc_full_ms),
         "gc_full_max_ms": max(load.gc_full_ms, default=0.0),
-        "stray_signals": rig.stray_signals,
+        "stray_edges": rig.stray_edges,
     }, notes)
 
 

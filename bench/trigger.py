@@ -1,23 +1,22 @@
-"""The edge source of the latency benchmarks: a separate process that signals the benchmark.
+"""The edge source of the latency benchmarks: a separate process that writes edges to a pipe.
 
 The benchmark runs this file with its own interpreter (``started``). For every ``ready`` line on
-its stdin the process sleeps a random pause, takes t0 on CLOCK_MONOTONIC, sends SIGUSR1 to the
-benchmark and writes t0 as a line to its stdout. The benchmark receives the signal through the
-asyncio wakeup fd, i.e. as I/O on its event loop, the way a GPIO edge fd would reach it, and has
-to wait for the loop like such an edge does. t0 is taken here, in a process with a GIL of its
-own, so the time until the benchmark notices the signal is part of the measured latency.
+its stdin the process sleeps a random pause, takes t0 on CLOCK_MONOTONIC and writes t0 as a line
+to its stdout. The benchmark watches that pipe with ``loop.add_reader``, exactly as a GPIO edge
+fd (gpiod line events) would be watched on a real board, and has to wait for its busy loop like
+such an edge does. t0 is taken here, in a process with a GIL of its own, so the time until the
+benchmark notices the edge is part of the measured latency.
 
 CLOCK_MONOTONIC is one clock for the whole machine, so t0 from here and the times the benchmark
 takes with ``now_ns`` can be subtracted.
 
 The process ends at EOF on stdin (the benchmark closed the pipe or is gone), when its parent is
-no longer the benchmark, or when the signal or the write fails. It ignores SIGINT: a Ctrl-C in
-the terminal is for the benchmark, which then closes the pipe.
+no longer the benchmark, or when the write fails. It ignores SIGINT: a Ctrl-C in the terminal is
+for the benchmark, which then closes the pipe.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
@@ -25,10 +24,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import IO
 
-SIGNAL = signal.SIGUSR1
 STOP_TIMEOUT_S = 2.0     # how long the process may take to end once its stdin is closed
 READY = b"ready\n"
 
@@ -41,47 +39,39 @@ def now_ns() -> int:
 class Trigger:
     """The benchmark's end of the trigger process's pipes."""
 
-    def __init__(self, pid: int, stdin: IO[bytes], reader: asyncio.StreamReader) -> None:
+    def __init__(self, pid: int, stdin: IO[bytes], edges: IO[bytes]) -> None:
         self.pid = pid
         self._stdin = stdin
-        self._reader = reader
+        self.fd = edges.fileno()  # watch it with loop.add_reader: it is the "edge" fd
+        self._partial = b""
 
     def ready(self) -> None:
-        """Let the process send the next signal (after its random pause)."""
+        """Let the process write the next edge (after its random pause)."""
         self._stdin.write(READY)
 
-    async def t0(self, timeout_s: float) -> int:
-        """The t0 of the signal the process sent last, as it reported it."""
-        line = await asyncio.wait_for(self._reader.readline(), timeout_s)
-        if not line:
+    def read_t0s(self) -> list[int]:
+        """The t0 of every edge that arrived (call when the fd is readable); EOF raises."""
+        data = os.read(self.fd, 4096)
+        if not data:
             raise RuntimeError("the trigger process ended early")
-        return int(line)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [int(line) for line in lines]
 
 
-@contextlib.asynccontextmanager
-async def started(seed: int, gap_s: tuple[float, float]) -> AsyncIterator[Trigger]:
-    """Run the trigger process for the running loop's process, and end it on the way out.
-
-    The caller must handle ``SIGNAL`` (``loop.add_signal_handler``) from before the first
-    ``ready`` until this context has been left: only then is the process gone for sure.
-    """
-    loop = asyncio.get_running_loop()
+@contextlib.contextmanager
+def started(seed: int, gap_s: tuple[float, float]) -> Iterator[Trigger]:
+    """Run the trigger process, and end it on the way out."""
     low, high = gap_s
     proc = subprocess.Popen(
         [sys.executable, "-I", os.path.abspath(__file__), str(os.getpid()), str(seed),
          repr(low), repr(high)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-    transport: asyncio.BaseTransport | None = None
     try:
         assert proc.stdin is not None and proc.stdout is not None
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
-        yield Trigger(proc.pid, proc.stdin, reader)
+        os.set_blocking(proc.stdout.fileno(), False)
+        yield Trigger(proc.pid, proc.stdin, proc.stdout)
     finally:
         _stop(proc)
-        if transport is not None:
-            transport.close()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -113,7 +103,6 @@ def main(argv: list[str]) -> int:
             return 0
         t0 = now_ns()
         try:
-            os.kill(bench_pid, SIGNAL)
             os.write(sys.stdout.fileno(), b"%d\n" % t0)
         except OSError:  # the benchmark ended meanwhile
             return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import sys
@@ -212,6 +213,7 @@ class Controller:
             loop.add_signal_handler(sig, self.stop.set)
         self.hw.start()
         self.connector.start()
+        freeze_startup_heap()
         tasks = [loop.create_task(self._print_status())]
         if self.scenario is not None:
             tasks.append(loop.create_task(self._run_scenario(self.scenario)))
@@ -304,6 +306,15 @@ class Controller:
         target = stream or self.out
         target.write(text + "\n")
         target.flush()
+
+
+def freeze_startup_heap() -> None:
+    """Keep what start-up built (modules, board, plant, store: ~20,000 objects, all living as
+    long as the process) out of the garbage collector's full passes. Such a pass stops the event
+    loop for as long as it takes to walk them: about 5 ms here, up to 15 ms under load, which
+    is most of the latency budget between a CP edge and the contactor."""
+    gc.collect()
+    gc.freeze()
 
 
 def run(board: Board, opts: RunOptions, out: TextIO = sys.stdout) -> int:

@@ -162,9 +162,7 @@ class SimWatchdog:
 
 class PlantDriver:
     """Runs the plant on the event loop: it advances the plant whenever the plant says it will
-    change by itself (a car reacting, a battery filling, a watchdog running out), and hands the
-    plant's notifications to the loop so they arrive as events, as a real edge interrupt would.
-    """
+    change by itself (a car reacting, a battery filling, a watchdog running out)."""
 
     def __init__(self, plant: Plant) -> None:
         self.plant = plant
@@ -174,8 +172,6 @@ class PlantDriver:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        loop = self._loop
-        self.plant.schedule = loop.call_soon
         self.plant.wake_at = self._wake_at
         nxt = self.plant.next_event()
         if nxt is not None:

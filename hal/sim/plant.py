@@ -3,8 +3,9 @@
 Deterministic on an injected clock. Time passes only through ``advance(now)``, which integrates
 energy piecewise between the instants where something changes (a car reacting to the pilot,
 the battery reaching its target), so a long session gives the same kWh on a 1 s step or a 10 s
-step. Whatever changes the CP level or trips the RCD is announced through ``schedule`` rather
-than called directly, so the controller never re-enters itself from inside a HAL call.
+step. Whatever changes the CP level or trips the RCD calls the listeners at once, as a board's
+edge callback would; a listener that is busy (the connector, inside its own step) notes the call
+and runs again when it is done.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ class Plant:
     nominal_voltage_v: float = 230.0
     default_profile: str = "compact_3p"
     max_step_s: float = 1.0  # longest stretch integrated at one current while the car tapers
-    schedule: Callable[[Listener], object] = field(default=lambda cb: cb())
     # Called with the absolute time of the plant's next internal event, so a driver can wake it.
     wake_at: Callable[[float], None] = field(default=lambda t: None)
 
@@ -255,7 +255,7 @@ class Plant:
         if reading != self._last_cp:
             self._last_cp = reading
             for cb in self._cp_listeners:
-                self.schedule(cb)
+                cb()
         nxt = self.next_event()
         if nxt is not None:
             self.wake_at(nxt)
@@ -329,7 +329,7 @@ class Plant:
         if fault is PlantFault.RCD_TRIP and on:
             self.rcd_latched = True
             for cb in self._rcd_listeners:
-                self.schedule(cb)
+                cb()
         if fault is PlantFault.CONTACTOR_NO_CLOSE and on:
             self.contactor_closed = False
         if fault is PlantFault.LOCK_FAIL and on and self.lock_state is LockState.LOCKED:
