@@ -23,6 +23,7 @@ from firmware.virtual_time import run_virtual
 from hal.board import Board, load_board
 from hal.clock import VirtualClock
 from hal.hardware import open_hardware
+from hal.sim.ev import PROFILES
 from hal.sim.plant import Plant
 
 
@@ -75,6 +76,11 @@ class Rig:
                 raise AssertionError(f"condition not met within {limit_s} s")
             await asyncio.sleep(step_s)
         return self.t - start
+
+    async def charging(self, profile: str = "compact_3p") -> None:
+        """Plug a car of ``profile`` in and run until the contactor has closed."""
+        self.plant.plug(PROFILES[profile])
+        await self.wait_for(lambda: self.plant.contactor_closed, 5.0)
 
     @property
     def phase(self) -> Phase:

@@ -60,8 +60,7 @@ def test_plug_charge_full_finish(tmp_path: Path) -> None:
 
 def test_limit_change_mid_session_reaches_the_pwm_at_once(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         await rig.until(rig.t + 5)
         assert rig.plant.meter_sample is not None
         assert rig.plant.meter_sample.current_a[0] == pytest.approx(16.0)
@@ -82,8 +81,7 @@ def test_limit_change_mid_session_reaches_the_pwm_at_once(tmp_path: Path) -> Non
 
 def test_pause_below_minimum_and_resume(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         rig.limits.submit(Limit.of(LimitSource.GRID_14A, "dimmed to zero", amps=0))
         assert rig.plant.output.value == "x1"
         took = await rig.wait_for(lambda: not rig.plant.contactor_closed, 6.5)
@@ -103,8 +101,7 @@ def test_pause_below_minimum_and_resume(tmp_path: Path) -> None:
 
 def test_non_resuming_car_is_woken_up(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["sleepy_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging("sleepy_3p")
         rig.limits.submit(Limit.of(LimitSource.PRICE, "expensive hour", amps=0))
         await rig.wait_for(lambda: not rig.plant.contactor_closed, 6.5)
         await rig.until(rig.t + 20)
@@ -143,8 +140,7 @@ def test_wakeup_that_fails_reports_the_car_not_responding(tmp_path: Path) -> Non
 
 def test_ev_stop_c_to_b_opens_the_contactor_at_once(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         await rig.until(rig.t + 3)
         stopped_at = rig.clock.now()
         rig.plant.ev_stop()
@@ -173,8 +169,7 @@ FAULTS = [
 def test_fault_while_charging_opens_in_time(tmp_path: Path, injection: str, code: FaultCode,
                                             allowed_s: float) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         await rig.until(rig.t + 5)
         injected_at = rig.clock.now()
         if injection in ("cp_short", "overdraw"):
@@ -216,8 +211,7 @@ def test_cars_that_must_not_charge_never_get_the_contactor(tmp_path: Path, quirk
 
 def test_welded_contactor_is_detected_and_never_closes_again(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         rig.plant.set_fault(PlantFault.CONTACTOR_WELD, True)
         rig.plant.ev_stop()
         await rig.wait_for(lambda: FaultCode.CONTACTOR_WELDED in rig.connector.state.faults,
@@ -253,8 +247,7 @@ def test_rcd_self_test_failure_blocks_charging(tmp_path: Path) -> None:
 
 def test_manual_reset_after_an_rcd_trip(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         rig.plant.set_fault(PlantFault.RCD_TRIP, True)
         await rig.until(rig.t + 1)
         rig.connector.reset_faults()
@@ -269,8 +262,7 @@ def test_manual_reset_after_an_rcd_trip(tmp_path: Path) -> None:
 
 def test_watchdog_opens_the_contactor_when_the_controller_hangs(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         rig.connector._step_once = lambda: None  # type: ignore[method-assign]  # it hangs
         hung_at = rig.t
         took = await rig.wait_for(lambda: not rig.plant.contactor_closed, 6.0, step_s=0.1)
@@ -283,8 +275,7 @@ def test_derating_binds_as_thermal(tmp_path: Path) -> None:
     board = sim_board()
 
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["fast_ac_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging("fast_ac_3p")
         rig.plant.temperature_c = 77.5
         await rig.until(rig.t + 1.1)
         binding = rig.connector.limit.binding
@@ -298,8 +289,7 @@ def test_derating_binds_as_thermal(tmp_path: Path) -> None:
 
 def test_a_failing_step_opens_the_contactor_and_recovers(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         meter = rig.hw.meter
         assert meter is not None
         real_read = meter.read
@@ -324,8 +314,7 @@ def test_a_failing_step_opens_the_contactor_and_recovers(tmp_path: Path) -> None
 
 def test_after_a_watchdog_trip_the_controller_takes_charge_again(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         rig.connector._step_once = lambda: None  # type: ignore[method-assign]  # a 7 s stall
         await rig.until(rig.t + 7)
         assert rig.plant.watchdog.tripped and not rig.plant.contactor_closed
@@ -340,8 +329,7 @@ def test_after_a_watchdog_trip_the_controller_takes_charge_again(tmp_path: Path)
 
 def test_a_real_stall_is_recovered_without_spurious_faults(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         rig.clock.advance(6.0)  # the whole process stood still (swap, a long GC pause)
         rig.connector.step()
         assert not rig.connector.state.faults
@@ -353,8 +341,7 @@ def test_a_real_stall_is_recovered_without_spurious_faults(tmp_path: Path) -> No
 
 def test_a_grid_dip_does_not_end_the_session(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         rig.plant.set_grid((0.0, 0.0, 0.0), None)
         await rig.until(rig.t + 2)
         rig.plant.set_grid((230.0, 230.0, 230.0), None)
@@ -367,8 +354,7 @@ def test_a_grid_dip_does_not_end_the_session(tmp_path: Path) -> None:
 
 def test_a_car_that_paused_itself_is_not_woken_after_our_pause(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         rig.plant.ev_stop()  # its driver stops it: the car goes to B by itself
         await rig.until(rig.t + 5)
         rig.limits.submit(Limit.of(LimitSource.PV_SURPLUS, "cloud", amps=0))
@@ -386,8 +372,7 @@ def test_a_car_that_paused_itself_is_not_woken_after_our_pause(tmp_path: Path) -
 
 def test_over_current_stops_after_the_configured_time(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
-        rig.plant.plug(PROFILES["compact_3p"])
-        await rig.wait_for(lambda: rig.plant.contactor_closed, 5.0)
+        await rig.charging()
         await rig.until(rig.t + 3.3)
         rig.plant.set_quirk(Quirk.OVERDRAW, True)
         injected = rig.clock.now()
