@@ -114,8 +114,8 @@ def _faults(data_dir: Path, reset: list[str] | None) -> int:
             store = Store(db)
             try:
                 for code in store.latched(1):
-                    rule = FAULT_RULES.get(FaultCode(code)) if code in _CODES else None
-                    print(f"{code}: {rule.why if rule else 'unknown to this voltpilot'}")
+                    why = FAULT_RULES[FaultCode(code)].why if code in _CODES else None
+                    print(f"{code}: {why or 'unknown to this voltpilot'}")
             finally:
                 store.close()
         return 0

@@ -46,6 +46,12 @@ class _Watchdog:
     last_kick: float = 0.0
     tripped: bool = False
 
+    def deadline(self) -> float | None:
+        """When it trips unless kicked; None while disarmed or already tripped."""
+        if self.timeout_s <= 0 or self.tripped:
+            return None
+        return self.last_kick + self.timeout_s
+
 
 @dataclass
 class Plant:
@@ -106,9 +112,9 @@ class Plant:
                     nxt = self.last_t + to_full
                 if power > 0 and ev.soc > ev.profile.taper_soc:
                     nxt = min(nxt, self.last_t + self.max_step_s)
-            w = self.watchdog
-            if w.timeout_s > 0 and not w.tripped and self.last_t < w.last_kick + w.timeout_s < nxt:
-                nxt = w.last_kick + w.timeout_s  # it opens the contactor then, not at the end
+            trips_at = self.watchdog.deadline()
+            if trips_at is not None and self.last_t < trips_at < nxt:
+                nxt = trips_at  # it opens the contactor then, not at the end
             if nxt <= self.last_t:
                 # A crossing closer than one float step: integrate to the end in one go.
                 nxt = now
@@ -160,9 +166,9 @@ class Plant:
     def next_event(self) -> float | None:
         """When the plant next changes by itself; a driver advances it then."""
         candidates: list[float] = []
-        w = self.watchdog
-        if w.timeout_s > 0 and not w.tripped:
-            candidates.append(w.last_kick + w.timeout_s)
+        trips_at = self.watchdog.deadline()
+        if trips_at is not None:
+            candidates.append(trips_at)
         ev = self.ev
         if ev is not None:
             due = ev.next_due()
@@ -270,7 +276,8 @@ class Plant:
 
     def _check_watchdog(self, now: float) -> None:
         w = self.watchdog
-        if w.timeout_s > 0 and not w.tripped and now - w.last_kick >= w.timeout_s:
+        trips_at = w.deadline()
+        if trips_at is not None and now >= trips_at:
             # What the hardware does when the host goes silent: PWM off, contactor open.
             w.tripped = True
             self.output, self.duty = Output.F, 0.0
