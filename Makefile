@@ -4,7 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 # Re-run the setup whenever the pinned dependencies or the setup script change.
-STAMP := $(VENV)/.setup-$(shell cat pyproject.toml tools/setup.sh | sha1sum | cut -c1-12)
+SETUP_INPUTS := pyproject.toml tools/setup.sh tests/peers/ocpp_rpc/package-lock.json
+STAMP := $(VENV)/.setup-$(shell cat $(SETUP_INPUTS) | sha1sum | cut -c1-12)
 # Debian packages the test suite needs; tools/setup.sh installs the missing ones with apt-get.
 SYSTEM_PACKAGES :=
 
@@ -12,7 +13,7 @@ SYSTEM_PACKAGES :=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/setup.sh
+$(STAMP): $(SETUP_INPUTS)
 	@rm -f $(VENV)/.setup-*
 	tools/setup.sh "$(PYTHON)" "$(VENV)" $(SYSTEM_PACKAGES)
 	@touch $@

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import Result, Spec, cold_start, latency, rss, virtual_session
+from bench import Result, Spec, cold_start, latency, ocpp_replay, rss, virtual_session
 
 Run = Callable[[argparse.Namespace], Result]
 BENCHMARKS: list[tuple[Spec, Run]] = [
@@ -25,6 +25,7 @@ BENCHMARKS: list[tuple[Spec, Run]] = [
     (rss.SPEC, lambda a: rss.run()),
     (cold_start.SPEC, lambda a: cold_start.run()),
     (virtual_session.SPEC, lambda a: virtual_session.run()),
+    (ocpp_replay.SPEC, lambda a: ocpp_replay.run()),
 ]
 
 

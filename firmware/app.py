@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from firmware import console, logs
 from firmware.core.limits import Limit, LimitSource
@@ -23,6 +23,7 @@ from firmware.core.reasons import FaultCode, StopReason
 from firmware.evse.connector import Connector
 from firmware.evse.limit_port import LimitPort
 from firmware.evse.session import Session
+from firmware.ocpp.settings import OcppSettings, OcppSettingsError, load_settings
 from firmware.scenario import Scenario, load_scenario
 from firmware.store.db import Store
 from firmware.virtual_time import VirtualTimeLoop
@@ -31,9 +32,21 @@ from hal.clock import Clock, VirtualClock, WallClock, iso
 from hal.hardware import Hardware, open_hardware
 from hal.sim.control import Arg, Command, CommandError, CommandTable, plant_commands, serve
 
+# IdTokenEnumType values a card reader or app can present (OCPP 2.0.1).
+TOKEN_TYPES = ("Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local", "MacAddress",
+               "NoAuthorization")
+
+
+if TYPE_CHECKING:
+    from firmware.ocpp.station import Station
+
 
 class RunError(Exception):
     """The controller cannot start as asked (exit code 2)."""
+
+
+# run() returns this when the CSMS asked for a reset: the CLI starts the controller again.
+EXIT_RESTART = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +58,7 @@ class RunOptions:
     status: str = "auto"              # auto | tty | lines | off
     status_every: float | None = None  # clock seconds between status lines
     log: str | None = None            # file path, "-" for stderr; default data_dir/voltpilot.log
+    ocpp: Path | None = None          # the OCPP settings file; None runs without a CSMS
 
 
 @contextlib.contextmanager
@@ -85,6 +99,14 @@ class Controller:
                 self.scenario and self.scenario.stops):
             raise RunError("virtual time runs as fast as it can: give --duration or a scenario "
                            "with a 'stop' action")
+        self.ocpp_settings: OcppSettings | None = None
+        if opts.ocpp is not None:
+            try:
+                self.ocpp_settings = load_settings(opts.ocpp)
+            except OcppSettingsError as exc:
+                raise RunError(str(exc)) from exc
+        self.station: Station | None = None
+        self.restart_requested = False
         self.log = logs.get("app")
         self._status_tty = False
         self._last_status_wall = 0.0
@@ -140,6 +162,13 @@ class Controller:
             self.stop.set()
             return {}
 
+        def tap(args: dict[str, Any]) -> dict[str, Any]:
+            if self.station is None:
+                raise CommandError("tap: no OCPP station is running (start with --ocpp)")
+            token = {"idToken": args["id_token"], "type": args.get("type", "ISO14443")}
+            asyncio.get_running_loop().create_task(self.station.present_token(token))
+            return self._status()
+
         return [
             Command("status", "read the controller's state", (), lambda a: self._status()),
             Command("limit", "set a limit as if an adapter had (simulation and tests)",
@@ -157,6 +186,9 @@ class Controller:
             Command("authorize", "allow or withdraw charging (boards without free_mode)",
                     (Arg("on", "bool", True),), authorize),
             Command("stop", "shut the controller down", (), stop),
+            Command("tap", "present an identification token, as at the card reader (OCPP)",
+                    (Arg("id_token", "string", True),
+                     Arg("type", "string", choices=TOKEN_TYPES)), tap),
         ]
 
     def _status(self) -> dict[str, Any]:
@@ -211,6 +243,16 @@ class Controller:
         self.connector.session_listeners.append(self._print_summary)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
+        if self.ocpp_settings is not None:
+            # Imported only when used: websockets, cryptography and the schemas cost RSS.
+            from firmware.ocpp.station import Station  # noqa: PLC0415
+
+            # Before the connector's first step: the station decides who may charge.
+            self.station = Station(self.ocpp_settings, board=self.board,
+                                   connector=self.connector, limits=self.limits,
+                                   clock=self.clock, data_dir=opts.data_dir,
+                                   request_restart=self._restart)
+            self.station.start()
         self.hw.start()
         self.connector.start()
         freeze_startup_heap()
@@ -229,6 +271,8 @@ class Controller:
         finally:
             # The contactor opens before anything else is torn down.
             self.connector.shutdown(StopReason.CONTROLLER_SHUTDOWN)
+            if self.station is not None:
+                await self.station.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -243,11 +287,18 @@ class Controller:
             self._end_status_line()
             logs.log(self.log, "stopped")
         self._say("voltpilot stopped: contactor open")
+        if self.restart_requested:
+            return EXIT_RESTART
         if self.scenario_errors:
             self._say(f"voltpilot: {self.scenario_errors} scenario action(s) failed",
                       stream=sys.stderr)
             return 1
         return 0
+
+    def _restart(self, why: str) -> None:
+        logs.log(self.log, "restart_requested", reason=why)
+        self.restart_requested = True
+        self.stop.set()
 
     async def _run_scenario(self, scenario: Scenario) -> None:
         start = self.clock.now()

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from firmware.app import RunError, RunOptions, data_dir_lock, run
+from firmware.app import EXIT_RESTART, RunError, RunOptions, data_dir_lock, run
 from firmware.core.reasons import FAULT_RULES, FaultCode
 from firmware.scenario import MAX_AT_S, ScenarioError
 from firmware.store.db import Store, StoreError
@@ -52,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
                    help="clock seconds between status updates (default 1; 300 in virtual time)")
     r.add_argument("--log", help="structured log file, '-' for stderr "
                    "(default <data-dir>/voltpilot.log)")
+    r.add_argument("--ocpp", type=Path, help="OCPP settings file (docs/ocpp.md): connect to "
+                   "a CSMS")
 
     sub.add_parser("boards", help="list the boards that exist")
 
@@ -71,10 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             board = load_board(args.board)
-            return run(board, RunOptions(
+            code = run(board, RunOptions(
                 virtual_time=args.virtual_time, scenario=args.scenario, duration=args.duration,
                 data_dir=args.data_dir, status=args.status, status_every=args.status_every,
-                log=args.log))
+                log=args.log, ocpp=args.ocpp))
+            if code == EXIT_RESTART:
+                # A reset from the CSMS: start again as a fresh process, as a reboot would.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.execv(sys.executable, [sys.executable, "-m", "firmware.cli",
+                                          *(argv if argv is not None else sys.argv[1:])])
+            return code
         if args.command == "boards":
             for name in known_boards():
                 print(f"{name}: {load_board(name).description}")

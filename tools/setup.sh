@@ -42,4 +42,15 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e '.[dev]'
+
+# The independent OCPP test peer (npm ocpp-rpc, pinned by its lock file).
+peer=tests/peers/ocpp_rpc
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm
+fi
+lock=$(sha1sum "$peer/package-lock.json" | cut -c1-40)
+if [ "$(cat "$peer/node_modules/.voltpilot-lock" 2>/dev/null)" != "$lock" ]; then
+  npm ci --prefix "$peer" --no-audit --no-fund --loglevel=error
+  echo "$lock" > "$peer/node_modules/.voltpilot-lock"
+fi
 echo "setup: ready ($("$venv/bin/python" --version), $venv)"

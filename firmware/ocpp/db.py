@@ -1,0 +1,22 @@
+"""The OCPP store: one SQLite file shared by the device model, the message queue, profiles,
+the authorization list and cache, and the certificate index.
+
+Same durability rule as the session store: WAL with synchronous=FULL, autocommit, so a row
+written before a message is sent is on disk when the send happens. Each module creates its own
+tables (prefixed with the module's name) with CREATE TABLE IF NOT EXISTS.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+def open_db(path: Path | str) -> sqlite3.Connection:
+    """Open (or create) the OCPP store; ":memory:" gives a throwaway one for tests."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
