@@ -251,7 +251,7 @@ class Controller:
             self.station = Station(self.ocpp_settings, board=self.board,
                                    connector=self.connector, limits=self.limits,
                                    clock=self.clock, data_dir=opts.data_dir,
-                                   request_restart=self._restart)
+                                   log_file=_log_path(opts), request_restart=self._restart)
             self.station.start()
         self.hw.start()
         self.connector.start()
@@ -391,12 +391,17 @@ def run(board: Board, opts: RunOptions, out: TextIO = sys.stdout) -> int:
             return runner.run(controller.run())
 
 
+def _log_path(opts: RunOptions) -> Path:
+    """Where the structured log goes (when it goes to stderr, the default file stays empty)."""
+    return Path(opts.log) if opts.log and opts.log != "-" else opts.data_dir / "voltpilot.log"
+
+
 @contextlib.contextmanager
 def _log_target(opts: RunOptions) -> Iterator[TextIO]:
     if opts.log == "-":
         yield sys.stderr
         return
-    path = Path(opts.log) if opts.log else opts.data_dir / "voltpilot.log"
+    path = _log_path(opts)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         yield handle

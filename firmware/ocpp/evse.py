@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -126,6 +127,7 @@ class OcppEvse:
         logs.log(self.log, "transaction_closed_after_restart", logging.WARNING, tx=tx.id,
                  seq=event.seq_no)
         self._queue([event], None)
+        self.tx = None
 
     def start(self) -> None:
         self.connector.step_listeners.append(self.on_step)
@@ -141,7 +143,17 @@ class OcppEvse:
 
     # ---- what the connector tells us ------------------------------------------------------
 
-    def on_step(self, _step: Step | None) -> None:
+    def on_step(self, step: Step | None) -> None:
+        """Called inside the connector's step: a failure here is logged and contained, never
+        raised into the safety loop (which would fail safe and stop charging over a reporting
+        problem)."""
+        try:
+            self._observe()
+        except Exception as exc:
+            logs.log(self.log, "observe_failed", logging.ERROR, error=repr(exc),
+                     trace=traceback.format_exc(limit=8))
+
+    def _observe(self) -> None:
         state = self.connector.state
         plugged = state.plugged
         authorized = self.connector.authorized and (plugged or not self.free_charging)

@@ -25,7 +25,7 @@ from firmware.evse.connector import Connector
 from firmware.evse.limit_port import LimitPort
 from firmware.ocpp import smart_charging as sc
 from firmware.ocpp.authorization import Authorizer, AuthOutcome, AuthSettings, CachePolicy
-from firmware.ocpp.certificates import CertificateStore, CertificateUse
+from firmware.ocpp.certificates import CertificateStore, CertificateType, CertificateUse
 from firmware.ocpp.connection import (
     BackoffSettings,
     Connected,
@@ -44,7 +44,7 @@ from firmware.ocpp.handlers import handlers_for
 from firmware.ocpp.log_upload import LogUploader
 from firmware.ocpp.profile_store import ProfileStore
 from firmware.ocpp.queue import MessageQueue, QueuedMessage, SendOutcome
-from firmware.ocpp.rpc import CallTimeoutError, OcppCallError, Payload, Rpc
+from firmware.ocpp.rpc import CallTimeoutError, OcppCallError, Payload, Rpc, check_request
 from firmware.ocpp.security import (
     SecurityEvent,
     StationSecurity,
@@ -71,7 +71,7 @@ SEC, COMM, AUTH = "SecurityCtrlr", "OCPPCommCtrlr", "AuthCtrlr"
 
 class Station:
     def __init__(self, settings: OcppSettings, *, board: Board, connector: Connector,
-                 limits: LimitPort, clock: Clock, data_dir: Path,
+                 limits: LimitPort, clock: Clock, data_dir: Path, log_file: Path,
                  request_restart: Callable[[str], None]) -> None:
         self.settings = settings
         self.board = board
@@ -93,6 +93,7 @@ class Station:
         self.profiles = ProfileStore(self.db)
         self.certs = CertificateStore(self.db, data_dir / "certs")
         self.security = StationSecurity(self.certs)
+        self._seed_csms_roots()
         self.der = DerControls(self.db, capable=board.ratings.bidirectional)
         self.grid_settings: GridSettings | None = None
         self.evse = OcppEvse(1, connector, self.db, self.dm, self, clock)
@@ -103,7 +104,7 @@ class Station:
             reboot=self._reboot_for_firmware,
             verify_signing_certificate=lambda pem: CertCheck.VALID
             if self.certs.verify_firmware_signer(pem, clock.now()) else CertCheck.INVALID)
-        self.uploads = LogUploader(log_file=data_dir / "voltpilot.log", security_log_file=None,
+        self.uploads = LogUploader(log_file=log_file, security_log_file=None,
                                    clock=clock, sleep=asyncio.sleep, notify=self._log_status,
                                    work_dir=data_dir / "uploads")
         self.rpc: Rpc | None = None
@@ -132,6 +133,19 @@ class Station:
             values[VarKey(SEC, "BasicAuthPassword")] = s.password
         return values
 
+    def _seed_csms_roots(self) -> None:
+        """The CSMS root(s) of the settings file go into the certificate store on first start,
+        so the store is the one trust list: it verifies the server, checks a renewed station
+        certificate's chain (A02), and the CSMS can replace it with InstallCertificate (M05)."""
+        path = self.settings.ca_file
+        if path is None or self.certs.roots(CertificateType.CSMS_ROOT):
+            return
+        for pem in _pem_blocks(path.read_text(encoding="ascii")):
+            answer = self.certs.install_certificate(
+                {"certificateType": CertificateType.CSMS_ROOT.value, "certificate": pem},
+                self.clock.now())
+            logs.log(self.log, "csms_root_from_settings", status=answer["status"])
+
     def _auth_settings(self) -> AuthSettings:
         dm = self.dm
         return AuthSettings(
@@ -155,9 +169,10 @@ class Station:
         return ConnectionConfig(
             csms_url=s.csms_url, identity=s.identity, security_profile=profile,
             basic_auth_password=self.dm.get(SEC, "BasicAuthPassword") if profile < 3 else None,
-            ca_file=s.ca_file or tls.ca_file,
-            client_cert_file=s.client_cert_file or tls.client_cert_file,
-            client_key_file=s.client_key_file or tls.client_key_file,
+            ca_file=tls.ca_file or s.ca_file,
+            # A certificate the CSMS signed for us (A02/A03) wins over the factory one.
+            client_cert_file=tls.client_cert_file or s.client_cert_file,
+            client_key_file=tls.client_key_file if tls.client_cert_file else s.client_key_file,
             versions=s.versions, ping_interval_s=self.dm.get_int(COMM, "WebSocketPingInterval"))
 
     def _backoff(self) -> BackoffSettings:
@@ -188,8 +203,9 @@ class Station:
     def start(self) -> None:
         """Before the connector's first step: close what the last run left open, decide who
         authorizes, apply stored profiles, then connect."""
-        self._apply_auth_mode()
+        # The transaction a crash left open is closed before anything can add to it.
         self.evse.recover()
+        self._apply_auth_mode()
         self.evse.inoperative = self.dm.get_str("EVSE", "AvailabilityState",
                                                 evse=1) == "Unavailable"
         self.evse.start()
@@ -350,6 +366,10 @@ class Station:
 
     def enqueue_tx(self, payload: Payload, tx_id: str, event_type: str,
                    persist: Callable[[], None]) -> None:
+        # Checked once, here, against both versions' schemas: the connection may be 2.0.1 or 2.1
+        # by the time it is sent, and a replay of thousands should not pay for it again.
+        for version in ("2.0.1", "2.1"):
+            check_request("TransactionEvent", payload, version)
         with atomic(self.db):
             persist()
             self.queue.enqueue("TransactionEvent", payload, tx_id=tx_id, event_type=event_type)
@@ -372,7 +392,8 @@ class Station:
         async def send(message: QueuedMessage) -> SendOutcome:
             try:
                 answer = await rpc.call(message.action, message.payload,
-                                        unique_id=message.message_id)
+                                        unique_id=message.message_id,
+                                        checked=message.action == "TransactionEvent")
             except OcppCallError:
                 return SendOutcome.REJECTED
             except CallTimeoutError:
@@ -663,3 +684,8 @@ class Station:
 
     def now_iso(self) -> str:
         return iso(self.clock.now())
+
+
+def _pem_blocks(text: str) -> list[str]:
+    end = "-----END CERTIFICATE-----"
+    return [block.strip() + "\n" + end + "\n" for block in text.split(end) if "BEGIN" in block]

@@ -130,6 +130,7 @@ class Csms:
         self.reject_tx_events = False
         self.frames: list[tuple[str, list[Any]]] = []
         self.connections: list[tuple[str, str]] = []  # (identity, subprotocol)
+        self.peer_certs: list[bytes | None] = []  # the client certificate of each connection
         self.cps: dict[str, Any] = {}
         self._changed = asyncio.Condition()
         self._server: Any = None
@@ -178,6 +179,8 @@ class Csms:
         cp.csms = self
         self.cps[identity] = cp
         self.connections.append((identity, version))
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        self.peer_certs.append(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
         await self._notify()
         try:
             await cp.start()
@@ -255,3 +258,69 @@ class Csms:
         out: dict[str, Any] = snake_to_camel_case(remove_nones(asdict(answer)))
         return out
 
+
+
+class FreezableProxy:
+    """A TCP proxy that can stop forwarding in both directions without closing anything: the
+    CSMS as a station sees it across a dead NAT or a pulled cable (a half-open connection)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections = 0
+
+    async def __aenter__(self) -> FreezableProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ocpp"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                while self.frozen:
+                    await asyncio.sleep(0.05)
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(pump(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+class ProxiedCsms(Csms):
+    """The test CSMS behind a FreezableProxy: the station's URL is the proxy's."""
+
+    proxy: FreezableProxy | None = None
+
+    async def up(self) -> None:
+        await super().up()
+        if self.proxy is None:
+            self.proxy = await FreezableProxy(self.port).__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await super().__aexit__(*exc)
+        if self.proxy is not None:
+            await self.proxy.__aexit__(*exc)
+
+    @property
+    def url(self) -> str:
+        assert self.proxy is not None
+        return self.proxy.url

@@ -66,7 +66,9 @@ class StationRig:
     # ---- the controller ------------------------------------------------------------------
 
     async def start(self) -> Controller:
-        path = settings_file(self.tmp_path / "ocpp.toml", self.csms.url, **self.settings)
+        settings = dict(self.settings)
+        url = settings.pop("csms_url", None) or self.csms.url
+        path = settings_file(self.tmp_path / "ocpp.toml", url, **settings)
         opts = RunOptions(virtual_time=self.virtual, data_dir=self.data_dir, status="off",
                           log=str(self.data_dir / "voltpilot.log"), ocpp=path,
                           duration=30 * 86400.0 if self.virtual else None)
@@ -132,7 +134,8 @@ class StationRig:
             clock = WallClock()
             loop = asyncio.new_event_loop()
         (tmp_path / "data").mkdir(parents=True, exist_ok=True)
-        with open(tmp_path / "test.log", "a", encoding="utf-8") as log_stream:
+        # The controller's own log file, as `voltpilot run` would write it (GetLog uploads it).
+        with open(tmp_path / "data" / "voltpilot.log", "a", encoding="utf-8") as log_stream:
             logs.setup(clock, log_stream)
 
             async def main() -> None:

@@ -3,7 +3,7 @@ library on real websockets. Test names carry the spec's use-case ids."""
 
 from __future__ import annotations
 
-from ocpp_csms import Csms
+from ocpp_csms import Csms, ProxiedCsms
 from ocpp_station_rig import IDENTITY, PASSWORD, StationRig
 
 from firmware.app import EXIT_RESTART
@@ -313,3 +313,29 @@ def test_e04_offline_transaction_is_queued_and_replayed_in_order(tmp_path):
             set(csms.call_ids("TransactionEvent")))
 
     StationRig.run(tmp_path, body)
+
+
+def test_half_open_connection_is_detected_within_two_ping_intervals(tmp_path):
+    async def body(rig: StationRig) -> None:
+        csms = rig.csms
+        assert isinstance(csms, ProxiedCsms) and csms.proxy is not None
+        await csms.next_call("StatusNotification")
+        answer = await csms.request(IDENTITY, "SetVariables", {"setVariableData": [
+            {"component": {"name": "OCPPCommCtrlr"},
+             "variable": {"name": "WebSocketPingInterval"}, "attributeValue": "10"}]})
+        assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+        # The interval applies to the next connection: restart the station.
+        await csms.request(IDENTITY, "Reset", {"type": "Immediate"})
+        assert rig.task is not None and await rig.task == EXIT_RESTART
+        rig.controller = None
+        await rig.start()
+        await rig.until(lambda: rig.station.online)
+        boots = len(csms.calls("BootNotification"))
+        csms.proxy.frozen = True
+        frozen_at = rig.clock.now()
+        await rig.until(lambda: not rig.station.online, timeout=60)
+        assert rig.clock.now() - frozen_at <= 2 * 10 + 0.5
+        csms.proxy.frozen = False
+        await csms.wait_for(lambda: len(csms.calls("BootNotification")) > boots, timeout=120)
+
+    StationRig.run(tmp_path, body, csms_factory=lambda: ProxiedCsms(password=PASSWORD))
