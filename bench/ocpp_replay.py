@@ -16,11 +16,14 @@ delivered; WAL, synchronous=FULL) around every message. Logging goes to a file a
 the running controller.
 
 The CSMS is another machine in reality, so here it is another process (its own core and GIL):
-a minimal websockets server that parses each frame, validates the TransactionEventRequest with
-the `ocpp` library's schema (the headline; the replay is also run once against a CSMS that does
-not validate, for comparison), records the message id, seqNo and payload and answers
-``[3, id, {}]`` (a valid empty TransactionEventResponse) at once. It reports what it received
-through a pipe when the station closes the connection.
+a minimal websockets server that parses each frame, records the message id, seqNo and payload
+and answers ``[3, id, {}]`` (a valid empty TransactionEventResponse) at once: the headline, as
+the target is the station's replay rate. The replay runs a second time against a CSMS that first
+validates each TransactionEventRequest with the `ocpp` library's schema (jsonschema in Python: a
+millisecond or more a message, on its own core): OCPP-J allows one CALL in flight, so every
+millisecond the CSMS spends per message is added to the station's cycle, and that rate is shown
+beside the headline. The CSMS reports what it received through a pipe when the station closes
+the connection.
 
 Lost: queued ids the CSMS never received. Duplicated: receptions beyond the first of an id. Also
 checked: seqNo arrives as 0 … N-1 in order, every payload arrives exactly as queued, the CSMS
@@ -332,40 +335,43 @@ def run(events: int = EVENTS) -> Result:
             shutil.copyfile(queued, base / "alone.db")
             queue_rate = _queue_alone(base / "alone.db", events)
 
-    head, other = runs[True], runs[False]
+    head, checked = runs[False], runs[True]
     check = _check(head, queued_ids, payloads)
-    other_check = _check(other, queued_ids, payloads)
-    rate, other_rate = events / head.wall_s, events / other.wall_s
+    checked_check = _check(checked, queued_ids, payloads)
+    rate, checked_rate = events / head.wall_s, events / checked.wall_s
     notes = list(check.problems)
-    notes += [f"headline: CSMS validating each TransactionEventRequest (2.0.1 schema); against "
-              f"a CSMS that does not validate: {other_rate:.0f} msg/s, lost {other_check.lost}, "
-              f"duplicated {other_check.duplicated}"
-              + ("" if not other_check.problems else f" ({'; '.join(other_check.problems)})"),
+    notes += [f"against a CSMS that validates each request first: {checked_rate:.0f} msg/s "
+              f"({events} in {checked.wall_s:.1f} s), lost {checked_check.lost}, duplicated "
+              f"{checked_check.duplicated}"
+              + (f" ({'; '.join(checked_check.problems)})" if checked_check.problems else ""),
               f"station process CPU {_per_msg_ms(head.cpu_s, events)} "
-              f"({100 * head.cpu_s / head.wall_s:.0f} % of the drain's wall time); CSMS process "
-              f"busy {_per_msg_ms(head.record.busy_s, events)} (parse, validate, answer); "
-              f"without validation: station {_per_msg_ms(other.cpu_s, events)}, CSMS "
-              f"{_per_msg_ms(other.record.busy_s, events)}",
+              f"({100 * head.cpu_s / head.wall_s:.0f} % of the drain's wall time), CSMS process "
+              f"busy {_per_msg_ms(head.record.busy_s, events)} (parse, record, answer); with "
+              f"the validating CSMS: station {_per_msg_ms(checked.cpu_s, events)}, CSMS "
+              f"{_per_msg_ms(checked.record.busy_s, events)}",
               f"the queue alone (a send that answers at once): {queue_rate:.0f} msg/s; enqueue "
-              f"with the station's schema checks (2.0.1 + 2.1, not timed in the replay): "
+              f"with the station's schema checks (2.0.1 + 2.1, not part of the replay): "
               f"{events / enqueue_s:.0f} msg/s",
               f"queue counters after the replay: delivered {head.delivered}, failed attempts "
               f"{head.failed_attempts}; thinning off (threshold above the load): the target "
               "counts every message",
               "station: open_connection (profile 1, ocpp2.0.1) + Rpc + MessageQueue.drain with "
-              "Station._drain's send (checked=True); CSMS: a separate process (spawn), raw "
+              "Station._drain's send (checked=True); CSMS: a separate process (spawn), a raw "
               "websockets server answering [3, id, {}]"]
-    met = (not check.problems and check.lost == 0 and check.duplicated == 0
-           and rate >= TARGET_RATE)
-    return Result(SPEC, f"{rate:.0f} msg/s ({events} in {head.wall_s:.1f} s); lost {check.lost}, "
-                  f"duplicated {check.duplicated}", met, {
+    # Losing or repeating a message fails the target in either run; the rate is the headline's.
+    met = (all(not c.problems and c.lost == 0 and c.duplicated == 0
+               for c in (check, checked_check)) and rate >= TARGET_RATE)
+    return Result(SPEC, f"{rate:.0f} msg/s ({events} in {head.wall_s:.1f} s; {checked_rate:.0f} "
+                  f"msg/s with a validating CSMS); lost {check.lost}, duplicated "
+                  f"{check.duplicated}", met, {
                       "events": events, "wall_s": head.wall_s, "rate_msg_s": rate,
                       "station_cpu_s": head.cpu_s, "csms_busy_s": head.record.busy_s,
-                      "rate_no_csms_validation_msg_s": other_rate,
-                      "lost_no_csms_validation": other_check.lost,
-                      "duplicated_no_csms_validation": other_check.duplicated,
+                      "rate_validating_csms_msg_s": checked_rate,
+                      "wall_validating_csms_s": checked.wall_s,
+                      "lost_validating_csms": checked_check.lost,
+                      "duplicated_validating_csms": checked_check.duplicated,
                       "enqueue_s": enqueue_s, "queue_alone_msg_s": queue_rate,
                       "lost": check.lost, "duplicated": check.duplicated,
-                      "problems": check.problems, "waiting": head.waiting,
-                      "dead_letters": head.dead_letters, "target_rate_msg_s": TARGET_RATE},
-                  notes)
+                      "problems": check.problems + checked_check.problems,
+                      "waiting": head.waiting, "dead_letters": head.dead_letters,
+                      "target_rate_msg_s": TARGET_RATE}, notes)

@@ -340,7 +340,7 @@ class OcppEvse:
 
     def _arm_periodic(self, tx: Tx) -> None:
         interval = self.settings.get_int("SampledDataCtrlr", "TxUpdatedInterval")
-        if interval <= 0:
+        if interval <= 0 or not self.settings.get_bool("SampledDataCtrlr", "Enabled"):
             return
         self._at("periodic", next_periodic(tx.started_at, self.clock.now(), interval),
                  self._periodic)
@@ -350,13 +350,18 @@ class OcppEvse:
             self._updated(Trigger.METER_VALUE_PERIODIC)
             self._arm_periodic(self.tx)
 
+    def rearm_periodic(self) -> None:
+        self._cancel("periodic")
+        if self.tx is not None:
+            self._arm_periodic(self.tx)
+
     def rearm_aligned(self) -> None:
         self._cancel("aligned")
         self._arm_aligned()
 
     def _arm_aligned(self) -> None:
         interval = self.settings.get_int("AlignedDataCtrlr", "Interval")
-        if interval <= 0:
+        if interval <= 0 or not self.settings.get_bool("AlignedDataCtrlr", "Enabled"):
             return
         self._at("aligned", next_aligned(self.clock.now(), interval), self._aligned)
 

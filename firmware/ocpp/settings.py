@@ -9,7 +9,7 @@ reverted by the file on the next boot.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ class OcppSettings:
     csms_url: str
     identity: str
     security_profile: int = 1
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log or a traceback
     ca_file: Path | None = None
     client_cert_file: Path | None = None
     client_key_file: Path | None = None

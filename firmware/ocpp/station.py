@@ -47,9 +47,13 @@ from firmware.ocpp.queue import MessageQueue, QueuedMessage, SendOutcome
 from firmware.ocpp.rpc import CallTimeoutError, OcppCallError, Payload, Rpc, check_request
 from firmware.ocpp.security import (
     SecurityEvent,
+    SignRetry,
     StationSecurity,
     is_critical,
     log_security_event,
+    next_resend_at,
+    renewal_due,
+    resent,
     security_event_notification,
 )
 from firmware.ocpp.settings import OcppSettings
@@ -188,8 +192,10 @@ class Station:
         key = change.key
         if key.component == AUTH and key.variable == "Enabled":
             self._apply_auth_mode()
-        elif key.component == "AlignedDataCtrlr" and key.variable == "Interval":
+        elif key.component == "AlignedDataCtrlr":
             self.evse.rearm_aligned()
+        elif key.component == "SampledDataCtrlr":
+            self.evse.rearm_periodic()
 
     def _apply_auth_mode(self) -> None:
         free = not self.dm.get_bool(AUTH, "Enabled")
@@ -335,10 +341,33 @@ class Station:
 
     async def _after_boot(self, rpc: Rpc) -> None:
         """What the CSMS must hear after every (re)connection: each connector's status, then a
-        firmware installation's outcome."""
+        firmware installation's outcome; then a certificate renewal if one is due (A03)."""
         self.evse.status = self.evse.connector_status()
         await self._send(rpc, "StatusNotification", self.evse.status_payload())
         await self.firmware.on_boot()
+        expiry = self.certs.station_certificate_expiry()
+        if expiry is not None and renewal_due(expiry, self.clock.now()):
+            logs.log(self.log, "certificate_renewal_due", expires=iso(expiry))
+            await self._sign_with_resends(CertificateUse.CHARGING_STATION, rpc.version)
+
+    async def _sign_with_resends(self, use: CertificateUse, version: str) -> None:
+        """SignCertificate, then again after CertSigningWaitMinimum (doubling, at most
+        CertSigningRepeatTimes) while no CertificateSigned has arrived (A02.FR.17-19)."""
+        answer = await self.call("SignCertificate", self.sign_request(use, version))
+        if answer is None or answer.get("status") != "Accepted":
+            return
+        retry = SignRetry(sent_at=self.clock.now())
+        while True:
+            at = next_resend_at(retry, wait_minimum=self.dm.get_int(SEC, "CertSigningWaitMinimum"),
+                                repeat_times=self.dm.get_int(SEC, "CertSigningRepeatTimes"))
+            if at is None:
+                return
+            await asyncio.sleep(max(0.0, at - self.clock.now()))
+            request = self.security.pending_sign_request(use)
+            if request is None:
+                return  # the certificate came
+            await self.call("SignCertificate", request)
+            retry = resent(retry, self.clock.now())
 
     async def _heartbeats(self, rpc: Rpc) -> None:
         while True:
@@ -655,8 +684,7 @@ class Station:
         elif what in ("SignChargingStationCertificate", "SignV2GCertificate"):
             use = (CertificateUse.CHARGING_STATION if what == "SignChargingStationCertificate"
                    else CertificateUse.V2G)
-            request = self.sign_request(use, version)
-            return lambda: self._send_triggered("SignCertificate", request)
+            return lambda: self._sign_with_resends(use, version)
         elif what == "TransactionEvent":
             if self.evse.tx is None:
                 return False

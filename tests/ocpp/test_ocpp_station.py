@@ -339,3 +339,46 @@ def test_half_open_connection_is_detected_within_two_ping_intervals(tmp_path):
         await csms.wait_for(lambda: len(csms.calls("BootNotification")) > boots, timeout=120)
 
     StationRig.run(tmp_path, body, csms_factory=lambda: ProxiedCsms(password=PASSWORD))
+
+
+def test_c_free_charging_when_authorization_is_disabled(tmp_path):
+    async def body(rig: StationRig) -> None:
+        csms = rig.csms
+        await csms.next_call("StatusNotification")
+        answer = await csms.request(IDENTITY, "SetVariables", {"setVariableData": [
+            {"component": {"name": "AuthCtrlr"}, "variable": {"name": "Enabled"},
+             "attributeValue": "false"}]})
+        assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+        rig.do("plug", profile="compact_3p")
+        started = await csms.next_call("TransactionEvent",
+                                       where=lambda p: p["eventType"] == "Started")
+        assert "idToken" not in started
+        rig.do("unplug")
+        await csms.next_call("TransactionEvent", where=lambda p: p["eventType"] == "Ended")
+
+    StationRig.run(tmp_path, body)
+
+
+def test_c15_e05_offline_unknown_token_then_refused_by_the_csms(tmp_path):
+    async def body(rig: StationRig) -> None:
+        csms = rig.csms
+        await csms.next_call("StatusNotification")
+        answer = await csms.request(IDENTITY, "SetVariables", {"setVariableData": [
+            {"component": {"name": "AuthCtrlr"},
+             "variable": {"name": "OfflineTxForUnknownIdEnabled"}, "attributeValue": "true"},
+            {"component": {"name": "TxCtrlr"}, "variable": {"name": "StopTxOnInvalidId"},
+             "attributeValue": "true"}]})
+        assert all(r["attributeStatus"] == "Accepted" for r in answer["setVariableResult"])
+        await csms.down()
+        rig.do("plug", profile="compact_3p")
+        await rig.sleep(1)
+        rig.do("tap", id_token="NEVER-SEEN")
+        await rig.until(lambda: rig.status()["contactor"])  # C15: charging while offline
+        csms.tx_answer = {"status": "Invalid"}
+        await csms.up()
+        ended = await csms.next_call("TransactionEvent", timeout=120,
+                                     where=lambda p: p["eventType"] == "Ended")
+        assert ended["transactionInfo"]["stoppedReason"] == "DeAuthorized"
+        await rig.until(lambda: not rig.status()["contactor"])
+
+    StationRig.run(tmp_path, body)
