@@ -41,11 +41,11 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 from firmware import logs
+from firmware.ocpp.dates import parse_datetime
 
 log = logs.get("ocpp.authorization")
 
@@ -207,15 +207,6 @@ def allowed_on_evse(id_token_info: Mapping[str, Any], evse_id: int) -> bool:
     """idTokenInfo.evseId restricts a token to some EVSEs; without it every EVSE is allowed."""
     evses = id_token_info.get("evseId")
     return not evses or evse_id in evses
-
-
-def parse_datetime(text: str) -> float:
-    """An OCPP dateTime (with Z or an offset, any fractional seconds) as seconds since the
-    epoch; one without a zone is taken as UTC."""
-    moment = datetime.fromisoformat(text.strip().upper())
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def entry_bytes(id_token: Mapping[str, Any], id_token_info: Mapping[str, Any]) -> int:

@@ -25,12 +25,12 @@ import math
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum
 from itertools import pairwise
 from typing import Any
 
 from firmware import logs
+from firmware.ocpp.dates import parse_datetime
 from hal.clock import iso
 
 log = logs.get("ocpp.der")
@@ -155,14 +155,6 @@ class Refusal:
 
 NO_CAPABILITY = Refusal(DerStatus.NOT_SUPPORTED, "UnsupportedRequest",
                         "this charging station has no DER control capability")
-
-
-def parse_datetime(text: str) -> float:
-    """An OCPP dateTime ('Z' or an offset, any fraction) as UTC epoch seconds; naive is UTC."""
-    moment = datetime.fromisoformat(text.strip())
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def superseded_ids(controls: Iterable[DerControl]) -> frozenset[str]:

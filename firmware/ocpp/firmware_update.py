@@ -31,7 +31,6 @@ import shutil
 import tarfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from firmware import logs
+from firmware.ocpp.dates import parse_datetime
 from hal.clock import Clock
 
 if TYPE_CHECKING:
@@ -137,23 +137,6 @@ class TransferError(Exception):
 
 
 # ---- pure parts -----------------------------------------------------------------------------
-
-_DATETIME = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:[.,](\d+))?"
-                       r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?")
-
-
-def parse_datetime(text: str) -> float:
-    """Seconds since the UTC epoch of an OCPP dateTime: 'Z' or a numeric offset, any number of
-    fraction digits; a time without a zone is taken as UTC. Raises ValueError."""
-    match = _DATETIME.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not an ISO 8601 date-time: {text[:40]!r}")
-    date, clock_time, fraction, _z, sign, hours, minutes = match.groups()
-    base = datetime.fromisoformat(f"{date}T{clock_time}").replace(tzinfo=UTC).timestamp()
-    offset = 0.0 if sign is None else (int(hours) * 3600 + int(minutes) * 60) * (
-        1 if sign == "+" else -1)
-    return base + (float(f"0.{fraction}") if fraction else 0.0) - offset
-
 
 def redact_url(url: str) -> str:
     """scheme://host[:port]/path of a URL, for logs: no credentials, no query (N01.FR.17)."""

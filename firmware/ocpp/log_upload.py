@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from firmware import logs
-from firmware.ocpp.firmware_update import parse_datetime, redact_url, transfer_url_problem
+from firmware.ocpp.dates import parse_datetime
+from firmware.ocpp.firmware_update import redact_url, transfer_url_problem
 from hal.clock import Clock, utc
 
 if TYPE_CHECKING:

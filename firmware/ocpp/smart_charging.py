@@ -36,15 +36,14 @@ import bisect
 import copy
 import itertools
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 from firmware import logs
 from firmware.core.limits import Limit, LimitSource
+from firmware.ocpp.dates import parse_datetime
 from hal.clock import iso
 
 log = logs.get("ocpp.smart_charging")
@@ -259,20 +258,11 @@ class ChargingProfile:
 
 
 def parse_time(value: str) -> float:
-    """An OCPP dateTime as seconds since the UTC epoch: 'Z' or an offset, any fraction; a time
-    without zone is taken as UTC."""
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    # Python takes at most microseconds; OCPP peers send nanoseconds too.
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    """An OCPP dateTime as seconds since the UTC epoch (ProfileFormatError when it is not)."""
     try:
-        when = datetime.fromisoformat(text)
+        return parse_datetime(value)
     except ValueError as exc:
         raise ProfileFormatError(f"not a dateTime: {value!r}") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
 
 
 def _opt_time(obj: Mapping[str, Any], key: str) -> float | None:
