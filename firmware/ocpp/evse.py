@@ -162,6 +162,8 @@ class OcppEvse:
             energy_transfer=state.phase is Phase.CHARGING,
             charging_state=charging_state(state.phase, state.suspend))
         before, self.conditions = self.conditions, now_cond
+        if plugged:
+            self._cancel("connect")
         if now_cond != before:
             self._advance(before, now_cond)
         self._update_status()
@@ -224,6 +226,15 @@ class OcppEvse:
                                                 remote_start_id=remote_start_id)
         self.connector.authorize(True)
         self._hint = Hint()
+        if not self.connector.state.plugged:
+            # E03: authorized first; the car has EVConnectionTimeOut to arrive.
+            timeout = self.settings.get_int("TxCtrlr", "EVConnectionTimeOut")
+            self._at("connect", self.clock.now() + timeout, self._connect_timeout)
+
+    def _connect_timeout(self) -> None:
+        if not self.connector.state.plugged and self.connector.authorized:
+            logs.log(self.log, "ev_connect_timeout")
+            self.deauthorize(Trigger.EV_CONNECT_TIMEOUT, Stopped.TIMEOUT)
 
     def deauthorize(self, trigger: Trigger, stopped: Stopped,
                     id_token: dict[str, Any] | None = None) -> None:

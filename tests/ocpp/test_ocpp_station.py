@@ -382,3 +382,27 @@ def test_c15_e05_offline_unknown_token_then_refused_by_the_csms(tmp_path):
         await rig.until(lambda: not rig.status()["contactor"])
 
     StationRig.run(tmp_path, body)
+
+
+def test_e03_authorized_first_then_no_car_within_the_connection_timeout(tmp_path):
+    async def body(rig: StationRig) -> None:
+        csms = rig.csms
+        await csms.next_call("StatusNotification")
+        answer = await csms.request(IDENTITY, "SetVariables", {"setVariableData": [
+            {"component": {"name": "TxCtrlr"}, "variable": {"name": "TxStartPoint"},
+             "attributeValue": "Authorized,EVConnected"},
+            {"component": {"name": "TxCtrlr"}, "variable": {"name": "EVConnectionTimeOut"},
+             "attributeValue": "30"}]})
+        assert all(r["attributeStatus"] == "Accepted" for r in answer["setVariableResult"])
+        csms.tokens["CARD1"] = "Accepted"
+        rig.do("tap", id_token="CARD1")
+        started = await csms.next_call("TransactionEvent",
+                                       where=lambda p: p["eventType"] == "Started")
+        assert started["triggerReason"] == "Authorized" and started["idToken"]["idToken"] == "CARD1"
+        ended = await csms.next_call("TransactionEvent", timeout=60,
+                                     where=lambda p: p["eventType"] == "Ended")
+        assert ended["triggerReason"] == "EVConnectTimeout"
+        assert ended["transactionInfo"]["stoppedReason"] == "Timeout"
+        assert not rig.status()["authorized"]
+
+    StationRig.run(tmp_path, body)
