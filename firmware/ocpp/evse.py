@@ -22,7 +22,9 @@ from typing import Any, Protocol
 
 from firmware import logs
 from firmware.core.iec61851 import Phase, Step
+from firmware.core.reasons import StopReason
 from firmware.evse.connector import Connector
+from firmware.evse.session import Session
 from firmware.ocpp import transactions as txm
 from firmware.ocpp.meter_values import measurand_list, meter_value, next_aligned, next_periodic
 from firmware.ocpp.transactions import (
@@ -113,6 +115,7 @@ class OcppEvse:
         self._authorized_by = Hint()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.tx_listeners: list[Callable[[Tx | None], None]] = []
+        self._last_session: Session | None = None
 
     # ---- start-up -----------------------------------------------------------------------
 
@@ -131,8 +134,14 @@ class OcppEvse:
 
     def start(self) -> None:
         self.connector.step_listeners.append(self.on_step)
+        self.connector.session_listeners.append(self._on_session_end)
         self.on_step(None)
         self._arm_aligned()
+
+    def _on_session_end(self, session: Session) -> None:
+        # The connector ends its session (plug to unplug) before its step listeners run; the
+        # faults of that session still explain why the transaction ends.
+        self._last_session = session
 
     def stop(self) -> None:
         for timer in self._timers.values():
@@ -164,6 +173,8 @@ class OcppEvse:
         before, self.conditions = self.conditions, now_cond
         if plugged:
             self._cancel("connect")
+            if not before.ev_connected:
+                self._last_session = None
         if now_cond != before:
             self._advance(before, now_cond)
         self._update_status()
@@ -179,12 +190,14 @@ class OcppEvse:
                         remote_start_id=self._authorized_by.remote_start_id)
         if not now_cond.authorized:
             self._authorized_by = Hint()
-        if not now_cond.ev_connected and before.ev_connected and self.tx is not None:
-            session = self.connector.session
-            reason = session.stop_reason if session is not None else None
-            if reason is not None and hint.stopped is None:
-                hint = Hint(trigger=hint.trigger, stopped=stopped_for(
-                    reason, frozenset(session.faults) if session else frozenset()))
+        if self.tx is not None and hint.stopped is None:
+            # Why charging may end now, in OCPP's words: a fault of ours outranks the cable.
+            faults = self.connector.state.faults or frozenset(
+                self._last_session.faults if self._last_session else ())
+            if faults:
+                hint = Hint(trigger=hint.trigger, stopped=stopped_for(StopReason.FAULT,
+                                                                      frozenset(faults)),
+                            id_token=hint.id_token)
         tx, events = txm.advance(
             self.tx, before, now_cond,
             start_points=parse_points(self.settings.get_str("TxCtrlr", "TxStartPoint")),

@@ -160,17 +160,18 @@ def charging_state(phase: Phase, suspend: SuspendReason | None) -> ChargingState
 
 
 def stopped_for(reason: StopReason, faults: frozenset[FaultCode] = frozenset()) -> Stopped:
-    """Our typed stop reason as the OCPP stoppedReason."""
-    if reason in (StopReason.EV_DISCONNECTED, StopReason.EV_DISCONNECTED_UNDER_LOAD):
-        return Stopped.EV_DISCONNECTED
-    if reason is StopReason.CONTROLLER_SHUTDOWN:
-        return Stopped.REBOOT
-    if reason is StopReason.CONTROLLER_RESTART:
-        return Stopped.POWER_LOSS
+    """Our typed stop reason (and the session's faults) as the OCPP stoppedReason: a fault
+    that ended charging is the reason even when the cable comes out afterwards."""
     if FaultCode.RCD_TRIPPED in faults:
         return Stopped.GROUND_FAULT
     if FaultCode.OVER_CURRENT in faults:
         return Stopped.OVERCURRENT_FAULT
+    if reason in (StopReason.EV_DISCONNECTED, StopReason.EV_DISCONNECTED_UNDER_LOAD):
+        return Stopped.OTHER if faults else Stopped.EV_DISCONNECTED
+    if reason is StopReason.CONTROLLER_SHUTDOWN:
+        return Stopped.REBOOT
+    if reason is StopReason.CONTROLLER_RESTART:
+        return Stopped.POWER_LOSS
     return Stopped.OTHER
 
 

@@ -406,3 +406,23 @@ def test_e03_authorized_first_then_no_car_within_the_connection_timeout(tmp_path
         assert not rig.status()["authorized"]
 
     StationRig.run(tmp_path, body)
+
+
+def test_e_a_ground_fault_is_the_stop_reason_not_the_cable(tmp_path):
+    async def body(rig: StationRig) -> None:
+        csms = rig.csms
+        await csms.next_call("StatusNotification")
+        csms.tokens["CARD1"] = "Accepted"
+        rig.do("plug", profile="compact_3p")
+        rig.do("tap", id_token="CARD1")
+        await rig.until(lambda: rig.status()["contactor"])
+        rig.do("fault", name="rcd_trip")
+        await rig.until(lambda: not rig.status()["contactor"])
+        await csms.next_call("StatusNotification",
+                             where=lambda p: p["connectorStatus"] == "Faulted")
+        rig.do("unplug")
+        ended = await csms.next_call("TransactionEvent",
+                                     where=lambda p: p["eventType"] == "Ended")
+        assert ended["transactionInfo"]["stoppedReason"] == "GroundFault"
+
+    StationRig.run(tmp_path, body)
