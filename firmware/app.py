@@ -166,7 +166,7 @@ class Controller:
             if self.station is None:
                 raise CommandError("tap: no OCPP station is running (start with --ocpp)")
             token = {"idToken": args["id_token"], "type": args.get("type", "ISO14443")}
-            asyncio.get_running_loop().create_task(self.station.present_token(token))
+            self.station.spawn(self.station.present_token(token))
             return self._status()
 
         return [

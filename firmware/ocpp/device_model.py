@@ -300,8 +300,10 @@ def never_lower(new: str, old: str | None) -> str | None:
     return None
 
 
-_INTEGER = re.compile(r"[+-]?\d+")
-_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# ASCII digits only (\d would take "٣٠"), and OCPP's integer is 32 bits.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+INT32 = (-(2**31), 2**31 - 1)
 
 
 def parse_datetime(text: str) -> datetime | None:
@@ -325,9 +327,12 @@ def normalize(decl: Declaration, value: str) -> str | Invalid:
         case DataType.STRING:
             return _check_length(decl, value)
         case DataType.INTEGER:
-            if not _INTEGER.fullmatch(value):
+            if not _INTEGER.fullmatch(value) or len(value) > 11:
                 return Invalid(ReasonCode.INVALID_VALUE, "not an integer")
-            return _check_range(decl, int(value)) or value
+            number = int(value)
+            if not INT32[0] <= number <= INT32[1]:
+                return Invalid(ReasonCode.VALUE_OUT_OF_RANGE, "outside the 32-bit integer range")
+            return _check_range(decl, number) or value
         case DataType.DECIMAL:
             if not _DECIMAL.fullmatch(value) or not math.isfinite(float(value)):
                 return Invalid(ReasonCode.INVALID_VALUE, "not a decimal")

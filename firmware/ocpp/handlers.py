@@ -196,8 +196,12 @@ def handlers_for(st: Station, version: str) -> dict[str, Handler]:
     async def set_charging_profile(p: Payload) -> Payload:
         response = sc.set_charging_profile(p, st.sc_context(version), st.profiles,
                                            st.clock.now())
-        if response["status"] == "Accepted":
+        if response["status"] == "Accepted" and not st.apply_profiles():
+            # A profile we cannot evaluate must not stay behind to stop every later charge.
+            st.profiles.remove([p["chargingProfile"]["id"]])
             st.apply_profiles()
+            return {"status": "Rejected", "statusInfo": _rejected(
+                "InvalidProfile", "the profile could not be evaluated")}
         return response
 
     async def clear_charging_profile(p: Payload) -> Payload:

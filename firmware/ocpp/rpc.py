@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import re
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 import ocpp.messages
 from jsonschema.exceptions import ValidationError as SchemaError
 from ocpp.messages import Call, CallError, CallResult, get_validator
+from websockets.exceptions import ConnectionClosed
 
 from firmware import logs
 
@@ -88,12 +91,19 @@ class Rpc:
         """Read frames until the connection closes (raises websockets' ConnectionClosed)."""
         while True:
             raw = await self.transport.recv()
-            await self.on_frame(raw)
+            try:
+                await self.on_frame(raw)
+            except ConnectionClosed:
+                raise
+            except Exception as exc:  # one bad frame must not end the session
+                logs.log(self.log, "frame_failed", logging.ERROR, error=repr(exc),
+                         trace=traceback.format_exc(limit=8))
 
     async def on_frame(self, raw: str | bytes) -> None:
         try:
-            frame = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            # Strict UTF-8: json.loads(bytes) would let lone surrogates through.
+            frame = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        except (ValueError, RecursionError):
             await self._error(UNKNOWN_ID, "RpcFrameworkError", "frame is not valid JSON")
             return
         if not isinstance(frame, list) or not frame:
@@ -124,16 +134,20 @@ class Rpc:
     async def _on_call(self, call: Call) -> None:
         action = call.action
         try:
+            if not _ACTION.fullmatch(action):
+                raise FileNotFoundError(action)
             schema_error = _check(call, self.version)
         except FileNotFoundError:
             await self._error(call.unique_id, "NotImplemented",
-                              f"{action} is not an OCPP {self.version} message")
+                              f"{action[:64]!r} is not an OCPP {self.version} message")
             return
         handler = self.handlers.get(action)
         if handler is None:
             await self._error(call.unique_id, "NotSupported",
                               f"{action} is not supported by this charging station")
             return
+        if schema_error is None:
+            schema_error = _beyond_json(call.payload)
         if schema_error is not None:
             await self._error(call.unique_id, *schema_error)
             return
@@ -252,12 +266,45 @@ def check_request(action: str, payload: Payload, version: str) -> None:
         raise ValueError(f"refusing to send an invalid {action}: {problem[1]}")
 
 
+# An action is a message name: letters and digits. Anything else never reaches a file lookup.
+_ACTION = re.compile(r"[A-Za-z0-9]{1,64}")
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _beyond_json(value: Any, path: str = "payload") -> tuple[str, str] | None:
+    """Values the schema lets through but OCPP cannot carry: NaN and infinities (Python's JSON
+    parser accepts them), integers beyond OCPP's 32 bits, strings that are not Unicode text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "TypeConstraintViolation", f"{path}: not a finite number"
+    if isinstance(value, int) and not INT32[0] <= value <= INT32[1]:
+        return "TypeConstraintViolation", f"{path}: integer outside 32 bits"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "FormatViolation", f"{path}: not valid Unicode text"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _beyond_json(item, f"{path}/{key}")
+            if problem is not None:
+                return problem
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = _beyond_json(item, f"{path}/{i}")
+            if problem is not None:
+                return problem
+    return None
+
+
 def _check(message: Call | CallResult, version: str) -> tuple[str, str] | None:
     """The CALLERROR code and text for a payload its schema rejects; None when it is valid.
     FileNotFoundError when the action has no schema in this version."""
     try:
         validator = get_validator(message.message_type_id, message.action, version)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise FileNotFoundError(message.action) from exc
     error: SchemaError | None = next(iter(validator.iter_errors(message.payload)), None)
     if error is None:

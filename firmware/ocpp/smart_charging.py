@@ -1300,6 +1300,9 @@ def get_charging_profiles(payload: Payload, store: ProfileRepository, *,
     return {"status": "Accepted"}, reports
 
 
+COMPOSITE_MAX_S = 7 * 86400
+
+
 def get_composite_schedule(payload: Payload, *, store: ProfileRepository, now: float,
                            tx: TxContext | None, phases: int, voltage_v: float, n_evses: int,
                            units: Iterable[str], rating_a: float = 32.0,
@@ -1321,8 +1324,11 @@ def get_composite_schedule(payload: Payload, *, store: ProfileRepository, now: f
     else:
         unit = RateUnit.A if RateUnit.A in supported or not supported else supported[0]
     target = 1 if evse_id == 0 and n_evses == 1 else evse_id
+    # The CSMS may ask for any horizon; we answer at most COMPOSITE_MAX_S of it (the answer's
+    # duration says so), so one request can neither block the loop nor outgrow a frame.
+    duration = min(max(0, int(payload["duration"])), COMPOSITE_MAX_S)
     schedule = composite_schedule(store.all(), evse_id=target, start=now,
-                                  duration_s=max(0, int(payload["duration"])), unit=unit,
+                                  duration_s=duration, unit=unit,
                                   tx=tx, phases=phases, voltage_v=voltage_v)
     schedule = replace(schedule, evse_id=evse_id)
     return {"status": "Accepted",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,7 @@ class Station:
         self.apply_grid_settings()
         self._link = Link(self._connection_config, self._session, backoff=self._backoff,
                           rng=random.random, on_state=self._on_link_state)
-        self._spawn(self._link.run())
+        self.spawn(self._link.run())
         log_security_event(SecurityEvent.STARTUP_OF_THE_DEVICE, self.clock.now())
 
     async def stop(self) -> None:
@@ -248,7 +249,9 @@ class Station:
         while self.queue.size():
             await asyncio.sleep(0.05)
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def spawn(self, work: Awaitable[Any]) -> None:
+        """Run ``work`` as a task the station keeps, logs the failure of, and cancels at stop."""
+
         async def run() -> None:
             await work
 
@@ -274,6 +277,18 @@ class Station:
         return self.rpc is not None and self.accepted
 
     async def _session(self, connected: Connected) -> None:
+        """One connection. A bug in here ends this connection, not the station: the link
+        backs off and connects again."""
+        try:
+            await self._run_session(connected)
+        except (websockets.ConnectionClosed, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            logs.log(self.log, "session_failed", logging.ERROR, error=repr(exc),
+                     trace=traceback.format_exc(limit=8))
+            await connected.ws.close(1011, "internal error")
+
+    async def _run_session(self, connected: Connected) -> None:
         loop = asyncio.get_running_loop()
         rpc = Rpc(connected.ws, connected.version, handlers_for(self, connected.version),
                   timeout_s=self._timeout_s)
@@ -410,7 +425,7 @@ class Station:
         only with QueueAllMessages, otherwise dropped (the CSMS asks again after reconnecting,
         and statuses are sent anew after every boot)."""
         if self.online:
-            self._spawn(self._send_quietly(action, payload))
+            self.spawn(self._send_quietly(action, payload))
         elif self.dm.get_bool(COMM, "QueueAllMessages"):
             self.queue.enqueue(action, payload)
 
@@ -537,16 +552,32 @@ class Station:
         return None if tx is None else sc.TxContext(transaction_id=tx.id,
                                                     started_at=tx.started_at)
 
-    def apply_profiles(self) -> None:
+    def apply_profiles(self) -> bool:
         """The installed profiles as operator-class limits now, and again whenever one of them
-        next changes value: a SetChargingProfile reaches the PWM in the same turn of the loop."""
+        next changes value: a SetChargingProfile reaches the PWM in the same turn of the loop.
+
+        False when they cannot be evaluated (a bug, or a stored profile this version cannot
+        read): then charging stops with a 0 A operator limit that says why, rather than run
+        without the operator's limits."""
         now = self.clock.now()
-        self.profiles.drop_expired(now)
         r = self.board.ratings
-        profiles = self.profiles.all()
         tx = self.tx_context()
-        current = {lim.source: lim for lim in sc.limits_at(
-            profiles, evse_id=1, now=now, tx=tx, phases=r.phases, voltage_v=r.nominal_voltage_v)}
+        ok = True
+        try:
+            self.profiles.drop_expired(now)
+            profiles = self.profiles.all()
+            current = {lim.source: lim for lim in sc.limits_at(
+                profiles, evse_id=1, now=now, tx=tx, phases=r.phases,
+                voltage_v=r.nominal_voltage_v)}
+            change = sc.next_change(profiles, evse_id=1, now=now, tx=tx)
+        except Exception as exc:
+            logs.log(self.log, "profiles_failed", logging.ERROR, error=repr(exc),
+                     trace=traceback.format_exc(limit=8))
+            current = {LimitSource.OCPP_STATION_MAX: Limit.of(
+                LimitSource.OCPP_STATION_MAX, f"charging profiles cannot be evaluated: {exc!r}",
+                amps=0.0)}
+            change = None
+            ok = False
         for source in _OCPP_SOURCES:
             limit: Limit | None = current.get(source)
             if limit is None:
@@ -556,10 +587,10 @@ class Station:
         if self._limit_timer is not None:
             self._limit_timer.cancel()
             self._limit_timer = None
-        change = sc.next_change(profiles, evse_id=1, now=now, tx=tx)
         if change is not None:
             loop = asyncio.get_running_loop()
             self._limit_timer = loop.call_later(max(0.0, change - now), self.apply_profiles)
+        return ok
 
     def _on_tx_changed(self, tx: Tx | None) -> None:
         if tx is None and self._last_tx is not None:
@@ -614,7 +645,7 @@ class Station:
             logs.log(self.log, "reset", type=reset_type)
             self.request_restart(f"OCPP Reset {reset_type}")
 
-        self._spawn(later())
+        self.spawn(later())
 
     async def _reboot_for_firmware(self) -> None:
         self._set_meta("boot_reason", "FirmwareUpdate")
@@ -638,7 +669,7 @@ class Station:
         log_security_event(kind, now, tech_info)
         payload = security_event_notification(kind, now, tech_info)
         if self.online:
-            self._spawn(self._send_quietly("SecurityEventNotification", payload))
+            self.spawn(self._send_quietly("SecurityEventNotification", payload))
         elif is_critical(kind):
             self.queue.enqueue("SecurityEventNotification", payload)
 
@@ -649,7 +680,7 @@ class Station:
         if outcome.event is not None:
             self.security_event(outcome.event, outcome.tech_info)
         if outcome.reconnect and self._link is not None:
-            self._spawn(self._reconnect())
+            self.spawn(self._reconnect())
         return response
 
     async def _reconnect(self) -> None:
