@@ -16,7 +16,17 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import Result, Spec, cold_start, latency, ocpp_replay, rss, virtual_session
+from bench import (
+    Result,
+    Spec,
+    cold_start,
+    latency,
+    ocpp_latency,
+    ocpp_memory,
+    ocpp_replay,
+    rss,
+    virtual_session,
+)
 
 Run = Callable[[argparse.Namespace], Result]
 BENCHMARKS: list[tuple[Spec, Run]] = [
@@ -25,7 +35,9 @@ BENCHMARKS: list[tuple[Spec, Run]] = [
     (rss.SPEC, lambda a: rss.run()),
     (cold_start.SPEC, lambda a: cold_start.run()),
     (virtual_session.SPEC, lambda a: virtual_session.run()),
+    (ocpp_latency.SPEC, lambda a: ocpp_latency.run(a.events)),
     (ocpp_replay.SPEC, lambda a: ocpp_replay.run()),
+    (ocpp_memory.SPEC, lambda a: ocpp_memory.run()),
 ]
 
 

@@ -241,7 +241,7 @@ async def _json_work(doc: list[dict[str, Any]], per_chunk: int, load: Load) -> N
 
 
 @contextlib.contextmanager
-def _logging_to(path: Path, clock: Clock) -> Iterator[None]:
+def logging_to(path: Path, clock: Clock) -> Iterator[None]:
     """Log as the running controller does (JSON lines to a file), and detach afterwards."""
     with open(path, "a", encoding="utf-8") as stream:
         root = logs.setup(clock, stream)
@@ -298,7 +298,7 @@ async def _measure(events: int, make: MakeEvent, settle: Settle) -> tuple[Rig, L
     hw.control_pilot = TimedPilot(plant, probe)
     load = Load([])
     with tempfile.TemporaryDirectory(prefix="voltpilot-bench-") as tmp, \
-            _logging_to(Path(tmp) / "voltpilot.log", clock):
+            logging_to(Path(tmp) / "voltpilot.log", clock):
         store = Store(Path(tmp) / "voltpilot.db")
         port = LimitPort()
         connector = Connector(1, board, hw, clock, store, port)

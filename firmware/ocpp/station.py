@@ -410,10 +410,11 @@ class Station:
 
     def enqueue_tx(self, payload: Payload, tx_id: str, event_type: str,
                    persist: Callable[[], None]) -> None:
-        # Checked once, here, against both versions' schemas: the connection may be 2.0.1 or 2.1
-        # by the time it is sent, and a replay of thousands should not pay for it again.
-        for version in ("2.0.1", "2.1"):
-            check_request("TransactionEvent", payload, version)
+        # Checked once, here, so a replay of thousands does not pay for it again. Against the
+        # 2.0.1 schema: our events use only what both versions share, and the 2.1 schema takes
+        # them too (tests/ocpp/test_ocpp_transactions.py checks every shape against both);
+        # checking both would cost 1.5 ms inside the connector's step instead of 0.9 ms.
+        check_request("TransactionEvent", payload, "2.0.1")
         with atomic(self.db):
             persist()
             self.queue.enqueue("TransactionEvent", payload, tx_id=tx_id, event_type=event_type)
