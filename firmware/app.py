@@ -10,6 +10,7 @@ import fcntl
 import gc
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -248,10 +249,18 @@ class Controller:
             from firmware.ocpp.station import Station  # noqa: PLC0415
 
             # Before the connector's first step: the station decides who may charge.
-            self.station = Station(self.ocpp_settings, board=self.board,
-                                   connector=self.connector, limits=self.limits,
-                                   clock=self.clock, data_dir=opts.data_dir,
-                                   log_file=_log_path(opts), request_restart=self._restart)
+            try:
+                self.station = Station(self.ocpp_settings, board=self.board,
+                                       connector=self.connector, limits=self.limits,
+                                       clock=self.clock, data_dir=opts.data_dir,
+                                       log_file=_log_path(opts), request_restart=self._restart)
+            except (OSError, ValueError, sqlite3.Error) as exc:
+                if server is not None:
+                    server.close()
+                    _remove(socket_path)
+                self.store.close()
+                raise RunError(f"cannot start the OCPP station in {opts.data_dir}: "
+                               f"{exc}") from exc
             self.station.start()
         self.hw.start()
         self.connector.start()

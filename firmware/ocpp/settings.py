@@ -100,8 +100,17 @@ def settings_from(section: dict[str, Any], where: str = "[ocpp]") -> OcppSetting
 
     def path_of(key: str) -> Path | None:
         value = section.get(key)
-        return None if value is None else Path(value)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file():
+            raise OcppSettingsError(f"{where}: [ocpp] {key}: no such file {value!r}")
+        return path
 
+    if profile == 3 and (section.get("client_cert_file") is None) != (
+            section.get("client_key_file") is None):
+        raise OcppSettingsError(f"{where}: [ocpp] client_cert_file and client_key_file go "
+                                "together")
     return OcppSettings(
         csms_url=url, identity=identity, security_profile=profile,
         password=section.get("password"), ca_file=path_of("ca_file"),
