@@ -295,5 +295,15 @@ def _der_handlers(st: Station) -> dict[str, Handler]:
         st.apply_grid_settings()
         return response
 
-    return {"SetDERControl": set_der, "GetDERControl": get_der, "ClearDERControl": clear_der}
+    async def allowed_energy_transfer(p: Payload) -> Payload:
+        # 2.1 Q: the energy transfer modes the CSMS allows for this transaction; kept for the
+        # ISO 15118 work, which offers them to the car.
+        tx = st.evse.tx
+        if tx is None or tx.id != p["transactionId"]:
+            return {"status": "Rejected", "statusInfo": _rejected("TxNotFound")}
+        st.allowed_energy_transfer = tuple(p["allowedEnergyTransfer"])
+        return {"status": "Accepted"}
+
+    return {"SetDERControl": set_der, "GetDERControl": get_der, "ClearDERControl": clear_der,
+            "NotifyAllowedEnergyTransfer": allowed_energy_transfer}
 

@@ -101,6 +101,7 @@ class Station:
         self._seed_csms_roots()
         self.der = DerControls(self.db, capable=board.ratings.bidirectional)
         self.grid_settings: GridSettings | None = None
+        self.allowed_energy_transfer: tuple[str, ...] = ()
         self.evse = OcppEvse(1, connector, self.db, self.dm, self, clock)
         self.firmware = FirmwareUpdater(
             work_dir=data_dir / "firmware", clock=clock, sleep=asyncio.sleep,
@@ -596,6 +597,7 @@ class Station:
     def _on_tx_changed(self, tx: Tx | None) -> None:
         if tx is None and self._last_tx is not None:
             self.profiles.on_transaction_ended(self._last_tx)
+            self.allowed_energy_transfer = ()
         self._last_tx = None if tx is None else tx.id
         if tx is not None:
             self._bind_pending_profile()
@@ -615,10 +617,13 @@ class Station:
             self.send_now("ClearedChargingLimit", {"chargingLimitSource": previous,
                                                   "evseId": 1})
         if source is not None and binding is not None:
+            # The reason travels in customData: NotifyChargingLimit has no field for it.
             self.send_now("NotifyChargingLimit", {
                 "chargingLimit": {"chargingLimitSource": source,
                                   "isGridCritical": binding.cls is LimitClass.GRID},
-                "evseId": 1})
+                "evseId": 1,
+                "customData": {"vendorId": "org.voltpilot", "source": binding.source.key,
+                               "reason": binding.reason[:255]}})
             logs.log(self.log, "local_limit", source=source, reason=binding.reason)
 
     def apply_grid_settings(self) -> None:

@@ -187,3 +187,25 @@ def test_r_der_controls_on_a_bidirectional_board_and_not_supported_elsewhere(tmp
 
     StationRig.run(tmp_path / "v2g", body_v2g, board=v2g)
     StationRig.run(tmp_path / "plain", body_plain)
+
+
+def test_q_notify_allowed_energy_transfer_for_the_running_transaction(tmp_path):
+    async def body(rig: StationRig) -> None:
+        csms = rig.csms
+        await csms.next_call("StatusNotification")
+        csms.tokens["CARD1"] = "Accepted"
+        rig.do("plug", profile="compact_3p")
+        rig.do("tap", id_token="CARD1")
+        started = await csms.next_call("TransactionEvent",
+                                       where=lambda p: p["eventType"] == "Started")
+        tx_id = started["transactionInfo"]["transactionId"]
+        modes = ["AC_three_phase", "AC_BPT"]
+        answer = await csms.request(IDENTITY, "NotifyAllowedEnergyTransfer",
+                                    {"transactionId": tx_id, "allowedEnergyTransfer": modes})
+        assert answer["status"] == "Accepted"
+        assert rig.station.allowed_energy_transfer == tuple(modes)
+        wrong = await csms.request(IDENTITY, "NotifyAllowedEnergyTransfer",
+                                   {"transactionId": "other", "allowedEnergyTransfer": modes})
+        assert wrong["status"] == "Rejected"
+
+    StationRig.run(tmp_path, body)

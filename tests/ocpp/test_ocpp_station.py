@@ -193,6 +193,7 @@ def test_k12_a_local_limit_is_reported_to_the_csms(tmp_path):
         rig.do("limit", source="grid_14a", amps=6, reason="§14a dimming")
         notify = await csms.next_call("NotifyChargingLimit")
         assert notify["chargingLimit"] == {"chargingLimitSource": "SO", "isGridCritical": True}
+        assert notify["customData"]["reason"] == "§14a dimming"
         rig.do("clear_limit", source="grid_14a")
         cleared = await csms.next_call("ClearedChargingLimit")
         assert cleared["chargingLimitSource"] == "SO"
