@@ -274,7 +274,9 @@ def _result(r: Run, hours: int, wall_s: float) -> Result:
         *problems,
         f"RssAnon + VmSwap after the {WARM_UP_H} h warm-up: {_mb(base):.1f} MB; largest "
         f"deviation from it {deviation:.2f} MB, spread (max - min) {spread:.2f} MB over "
-        f"{after[-1].hour - after[0].hour:g} h; VmHWM {_mb(r.vmhwm_kb):.1f} MB; MB = 10^6 bytes",
+        f"{after[-1].hour - after[0].hour:g} h; VmHWM {_mb(r.vmhwm_kb):.1f} MB (of the whole "
+        "bench process: with `make bench` the other benchmarks ran in it first); "
+        "MB = 10^6 bytes",
         f"hourly RssAnon + VmSwap (MB): {per_hour}; largest VmSwap {_mb(swapped):.1f} MB",
         f"VmRSS (file-backed pages included) after the warm-up: {_mb(rss[0]):.1f} MB, "
         f"min {_mb(min(rss)):.1f}, max {_mb(max(rss)):.1f} MB",

@@ -3,8 +3,8 @@
 One long transaction recorded offline (Started, 9,998 Updated, Ended; seqNo 0 … 9,999;
 ``offline: true``), each event carrying what our station sends by default: the
 SampledDataCtrlr TxUpdatedMeasurands (energy register, power, current and voltage per phase:
-8 sampled values) every TxUpdatedInterval (60 s). Each is checked against the 2.0.1 and 2.1
-schemas and enqueued in the durable queue, as ``Station.enqueue_tx`` does (not timed); the
+8 sampled values) every TxUpdatedInterval (60 s). Each is checked against the 2.0.1 schema
+and enqueued in the durable queue, as ``Station.enqueue_tx`` does (not timed); the
 database is closed and reopened as after a restart.
 
 The station side of the replay is the station's own: ``firmware.ocpp.connection.open_connection``
@@ -284,16 +284,15 @@ def _queue_alone(path: Path, events: int) -> float:
 
 
 def _enqueue(path: Path, payloads: list[dict[str, Any]]) -> tuple[list[str], float]:
-    """Queue the events as Station.enqueue_tx does (schema-checked for both versions, then
-    stored durably); their message ids and the seconds it took."""
+    """Queue the events as Station.enqueue_tx does (schema-checked, then stored durably);
+    their message ids and the seconds it took."""
     db = open_db(path)
     try:
         queue = MessageQueue(db, thin_above=THIN_OFF)
         start = time.perf_counter()
         ids = []
         for payload in payloads:
-            for version in ("2.0.1", "2.1"):
-                check_request("TransactionEvent", payload, version)
+            check_request("TransactionEvent", payload, "2.0.1")
             ids.append(queue.enqueue("TransactionEvent", payload).message_id)
         return ids, time.perf_counter() - start
     finally:
@@ -364,7 +363,7 @@ def run(events: int = EVENTS) -> Result:
               f"the validating CSMS: station {_per_msg_ms(checked.cpu_s, events)}, CSMS "
               f"{_per_msg_ms(checked.record.busy_s, events)}",
               f"the queue alone (a send that answers at once): {queue_rate:.0f} msg/s; enqueue "
-              f"with the station's schema checks (2.0.1 + 2.1, not part of the replay): "
+              f"with the station's schema check (not part of the replay): "
               f"{events / enqueue_s:.0f} msg/s",
               f"queue counters after the replay: delivered {head.delivered}, failed attempts "
               f"{head.failed_attempts}; thinning off (threshold above the load): the target "
