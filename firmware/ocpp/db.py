@@ -16,6 +16,10 @@ def open_db(path: Path | str) -> sqlite3.Connection:
     """Open (or create) the OCPP store; ":memory:" gives a throwaway one for tests."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # It holds the BasicAuthPassword: owner only (the -wal and -shm files follow the
+        # database file's mode).
+        Path(path).touch(mode=0o600, exist_ok=True)
+        Path(path).chmod(0o600)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")

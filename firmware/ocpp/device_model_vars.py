@@ -83,7 +83,7 @@ OCPP_COMM_CTRLR = (
 SEC = "SecurityCtrlr"
 SECURITY_CTRLR = (
     # 16 to 40 characters, the spec's limits for the password; never reported, never logged.
-    var(SEC, "BasicAuthPassword", STR, WO, None, low=16, high=40, secret=True),
+    var(SEC, "BasicAuthPassword", STR, WO, None, low=16, high=64, secret=True),
     # OCPP 2.1 part 4 limits the identity to 48 characters; it names the connection URL.
     var(SEC, "Identity", STR, RW, None, low=1, high=48, reboot=True),
     var(SEC, "OrganizationName", STR, RW, "voltpilot", low=1, high=64),

@@ -107,7 +107,6 @@ class OcppEvse:
         self.conditions = Conditions()
         self.status: ConnectorStatus | None = None
         self.inoperative = False
-        self.free_charging = False
         self.soc: float | None = None
         self._hint = Hint()
         # The token (and remote start) behind the current authorization: a transaction that
@@ -116,6 +115,12 @@ class OcppEvse:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.tx_listeners: list[Callable[[Tx | None], None]] = []
         self._last_session: Session | None = None
+
+    @property
+    def free_charging(self) -> bool:
+        """AuthCtrlr.Enabled = false, read at every use so no lost notification can leave it
+        on."""
+        return not self.settings.get_bool("AuthCtrlr", "Enabled")
 
     # ---- start-up -----------------------------------------------------------------------
 
@@ -149,6 +154,8 @@ class OcppEvse:
         self._timers.clear()
         if self.on_step in self.connector.step_listeners:
             self.connector.step_listeners.remove(self.on_step)
+        if self._on_session_end in self.connector.session_listeners:
+            self.connector.session_listeners.remove(self._on_session_end)
 
     # ---- what the connector tells us ------------------------------------------------------
 
@@ -176,9 +183,16 @@ class OcppEvse:
             if not before.ev_connected:
                 self._last_session = None
         if now_cond != before:
-            self._advance(before, now_cond)
+            try:
+                self._advance(before, now_cond)
+            except Exception:
+                # Nothing of this change was stored (one database transaction): look again
+                # at the next step rather than lose it.
+                self.conditions = before
+                raise
         self._update_status()
-        if self.free_charging and plugged and not self.connector.authorized:
+        if (plugged and not self.inoperative and not self.connector.authorized
+                and self.free_charging):
             self.connector.authorize(True)
 
     def _advance(self, before: Conditions, now_cond: Conditions) -> None:
@@ -418,6 +432,10 @@ class OcppEvse:
         self.tx = tx
 
     def _queue(self, events: list[TxEvent], tx_after: Tx | None) -> None:
+        with atomic(self.db):
+            self._queue_all(events, tx_after)
+
+    def _queue_all(self, events: list[TxEvent], tx_after: Tx | None) -> None:
         offline = not self.outbox.online
         phases = self.connector.board.ratings.phases
         for i, event in enumerate(events):

@@ -26,12 +26,14 @@ Handler = Callable[[Payload], Awaitable[Payload | After]]
 # bound the request); these keep each frame far below any CSMS's frame limit.
 REPORT_ITEMS = 25
 REPORT_BYTES = 32000
+# SmartChargingCtrlr.Entries (instance ChargingProfiles) maxLimit in device_model_vars.py.
+MAX_PROFILES = 32
 
 
 def _rejected(reason: str, info: str | None = None) -> Payload:
     status: Payload = {"reasonCode": reason}
     if info:
-        status["additionalInfo"] = info[:1024]
+        status["additionalInfo"] = info[:512]  # the 2.0.1 schema's limit
     return status
 
 
@@ -145,8 +147,7 @@ def handlers_for(st: Station, version: str) -> dict[str, Handler]:
 
     async def get_transaction_status(p: Payload) -> Payload:
         tx_id = p.get("transactionId")
-        response: Payload = {"messagesInQueue": st.queue.has_pending(tx_id) if tx_id
-                             else st.queue.size() > 0}
+        response: Payload = {"messagesInQueue": st.queue.has_pending(tx_id)}
         if tx_id is not None:
             response["ongoingIndicator"] = evse.tx is not None and evse.tx.id == tx_id
         return response
@@ -194,19 +195,31 @@ def handlers_for(st: Station, version: str) -> dict[str, Handler]:
     # ---- smart charging (K) ---------------------------------------------------------------------
 
     async def set_charging_profile(p: Payload) -> Payload:
+        profile_id = p["chargingProfile"]["id"]
+        previous = st.profiles.get(profile_id)
+        if previous is None and len(st.profiles.all()) >= MAX_PROFILES:
+            # SmartChargingCtrlr.Entries maxLimit: every profile costs composite time on the
+            # loop, so their number is bounded.
+            return {"status": "Rejected", "statusInfo": _rejected(
+                "OutOfStorage", f"at most {MAX_PROFILES} charging profiles")}
         response = sc.set_charging_profile(p, st.sc_context(version), st.profiles,
                                            st.clock.now())
         if response["status"] == "Accepted" and not st.apply_profiles():
-            # A profile we cannot evaluate must not stay behind to stop every later charge.
-            st.profiles.remove([p["chargingProfile"]["id"]])
+            # A profile we cannot evaluate must not stay behind to stop every later charge;
+            # the one it replaced comes back.
+            st.profiles.remove([profile_id])
+            if previous is not None:
+                st.profiles.put(previous)
             st.apply_profiles()
             return {"status": "Rejected", "statusInfo": _rejected(
                 "InvalidProfile", "the profile could not be evaluated")}
+        st.count_profiles()
         return response
 
     async def clear_charging_profile(p: Payload) -> Payload:
         response = sc.clear_charging_profile(p, st.profiles)
         st.apply_profiles()
+        st.count_profiles()
         return response
 
     async def get_charging_profiles(p: Payload) -> Payload | After:

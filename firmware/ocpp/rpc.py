@@ -310,7 +310,10 @@ def _check(message: Call | CallResult, version: str) -> tuple[str, str] | None:
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "payload"
-    return _CODES.get(str(error.validator), "FormatViolation"), f"{where}: {error.message}"[:255]
+    # Not error.message: it quotes the offending value, which may be a secret (a password in
+    # SetVariables) and would go into our log and back on the wire.
+    what = error.message if error.validator == "required" else f"fails '{error.validator}'"
+    return _CODES.get(str(error.validator), "FormatViolation"), f"{where}: {what}"[:255]
 
 
 # JSON-schema keyword → OCPP-J error code (part 4, table "Valid Error Codes").

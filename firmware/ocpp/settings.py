@@ -67,8 +67,9 @@ def settings_from(section: dict[str, Any], where: str = "[ocpp]") -> OcppSetting
             raise OcppSettingsError(f"{where}: [ocpp] {key}: unknown key; expected one of "
                                     f"{', '.join(_FIELDS)}")
         if not isinstance(value, _FIELDS[key]) or isinstance(value, bool):
+            shown = "a value of another type" if key == "password" else repr(value)
             raise OcppSettingsError(f"{where}: [ocpp] {key}: expected "
-                                    f"{_FIELDS[key][0].__name__}, got {value!r}")
+                                    f"{_FIELDS[key][0].__name__}, got {shown}")
     for key in ("csms_url", "identity"):
         if not section.get(key):
             raise OcppSettingsError(f"{where}: [ocpp] {key}: required")

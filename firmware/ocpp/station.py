@@ -15,6 +15,7 @@ import logging
 import random
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ from firmware.core.limits import Limit, LimitClass, LimitSource
 from firmware.evse.connector import Connector
 from firmware.evse.limit_port import LimitPort
 from firmware.ocpp import smart_charging as sc
-from firmware.ocpp.authorization import Authorizer, AuthOutcome, AuthSettings, CachePolicy
+from firmware.ocpp.authorization import (
+    Authorizer,
+    AuthOutcome,
+    AuthSettings,
+    CachePolicy,
+    tokens_equal,
+)
 from firmware.ocpp.certificates import CertificateStore, CertificateType, CertificateUse
 from firmware.ocpp.connection import (
     BackoffSettings,
@@ -62,6 +69,9 @@ from firmware.ocpp.transactions import Tx
 from hal.board import Board
 from hal.clock import Clock, iso
 
+# websockets at DEBUG logs every header (Authorization: Basic …) and frame: never below INFO.
+logging.getLogger("websockets").setLevel(logging.INFO)
+
 _OCPP_SOURCES = (LimitSource.OCPP_STATION_MAX, LimitSource.OCPP_EXTERNAL, LimitSource.OCPP_TX,
                  LimitSource.OCPP_TX_DEFAULT)
 
@@ -91,6 +101,7 @@ class Station:
                         "value TEXT NOT NULL)")
         self.dm = DeviceModel(self.db, declarations(), self._overrides())
         self.dm.add_validator(SEC, "SecurityProfile", never_lower)
+        self.dm.add_validator(SEC, "SecurityProfile", self._profile_reachable)
         self.dm.add_source("ClockCtrlr", "DateTime", lambda: iso(clock.now()))
         self.dm.subscribe(self._on_variable_changed)
         self.queue = MessageQueue(self.db)
@@ -139,6 +150,20 @@ class Station:
             values[VarKey(SEC, "BasicAuthPassword")] = s.password
         return values
 
+    def _profile_reachable(self, new: str, _old: str | None) -> str | None:
+        """A05: refuse a profile the station could not connect with (it would lock itself
+        out): TLS needs a wss:// CSMS and a trusted root, profile 3 a client certificate."""
+        profile = int(new)
+        tls = self.certs.tls_material()
+        if profile >= 2 and not self.settings.csms_url.startswith("wss://"):
+            return "NoTLS"
+        if profile >= 2 and tls.ca_file is None and self.settings.ca_file is None:
+            return "NoCsmsRoot"
+        if profile == 3 and tls.client_cert_file is None and (
+                self.settings.client_cert_file is None):
+            return "NoClientCert"
+        return None
+
     def _seed_csms_roots(self) -> None:
         """The CSMS root(s) of the settings file go into the certificate store on first start,
         so the store is the one trust list: it verifies the server, checks a renewed station
@@ -165,6 +190,8 @@ class Station:
             cache_policy=CachePolicy(dm.get_str("AuthCacheCtrlr", "Policy")),
             cache_disable_post_authorize=dm.get_bool("AuthCacheCtrlr", "DisablePostAuthorize"),
             list_enabled=dm.get_bool("LocalAuthListCtrlr", "Enabled"),
+            list_items_per_message=dm.get_int("LocalAuthListCtrlr", "ItemsPerMessage"),
+            list_bytes_per_message=dm.get_int("LocalAuthListCtrlr", "BytesPerMessage"),
             list_disable_post_authorize=dm.get_bool("LocalAuthListCtrlr",
                                                     "DisablePostAuthorize"))
 
@@ -200,8 +227,7 @@ class Station:
             self.evse.rearm_periodic()
 
     def _apply_auth_mode(self) -> None:
-        free = not self.dm.get_bool(AUTH, "Enabled")
-        self.evse.free_charging = free
+        free = self.evse.free_charging
         if not free and self.evse.tx is None and self.connector.authorized:
             self.connector.authorize(False)
         self.evse.on_step(None)
@@ -217,7 +243,7 @@ class Station:
         self.evse.inoperative = self.dm.get_str("EVSE", "AvailabilityState",
                                                 evse=1) == "Unavailable"
         self.evse.start()
-        self.connector.step_listeners.append(lambda _step: self._watch_local_limit())
+        self.connector.step_listeners.append(self._on_step)
         self.apply_profiles()
         self.apply_grid_settings()
         self._link = Link(self._connection_config, self._session, backoff=self._backoff,
@@ -241,6 +267,8 @@ class Station:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._on_step in self.connector.step_listeners:
+            self.connector.step_listeners.remove(self._on_step)
         self.evse.stop()
         if self._limit_timer is not None:
             self._limit_timer.cancel()
@@ -322,8 +350,10 @@ class Station:
     async def _boot(self, rpc: Rpc) -> None:
         """BootNotification until Accepted (B01-B03). While Pending the CSMS may configure us;
         while Rejected we send nothing else and retry after its interval."""
-        reason = ("FirmwareUpdate" if self.firmware.booted_after_update()
-                  else self._meta("boot_reason") or "PowerUp")
+        # Only the first boot after an update does real work here (hashing the new slot; tiny on
+        # the sim board). Not in a thread: virtual time would run ahead of it.
+        updated = self.firmware.booted_after_update()
+        reason = "FirmwareUpdate" if updated else self._meta("boot_reason") or "PowerUp"
         s = self.settings
         station: Payload = {"model": s.model[:20], "vendorName": s.vendor[:50],
                             "firmwareVersion": s.firmware_version[:50]}
@@ -419,8 +449,8 @@ class Station:
         with atomic(self.db):
             persist()
             self.queue.enqueue("TransactionEvent", payload, tx_id=tx_id, event_type=event_type)
-        self.queue.wake()
         self._wake.set()
+        self.queue.wake()
 
     def send_now(self, action: str, payload: Payload) -> None:
         """A message that is not transaction-related: sent if connected; while offline queued
@@ -481,11 +511,16 @@ class Station:
         """True when charging may go on (or was stopped by the same card) for this token."""
         tx = self.evse.tx
         if (tx is not None and self.connector.authorized and tx.id_token is not None
-                and tx.id_token.get("idToken") == id_token.get("idToken")):
+                and tokens_equal(tx.id_token, id_token)):
             self.evse.local_stop(id_token)  # E07: the same card again ends it
             return True
         if self.evse.inoperative:
             logs.log(self.log, "token_refused", reason="unavailable")
+            return False
+        if id_token.get("type") in ("Central", "NoAuthorization"):
+            # These mean "the CSMS started it" and "no identification needed": neither can be
+            # presented at a reader (C05 is RequestStartTransaction's path).
+            logs.log(self.log, "token_refused", reason="type_not_presentable")
             return False
         now = self.clock.now()
         decision = self.auth.decide(id_token, online=self.online, now=now, evse_id=1)
@@ -549,6 +584,10 @@ class Station:
             phase_switching=self.dm.get_bool("SmartChargingCtrlr",
                                              "ACPhaseSwitchingSupported"))
 
+    def count_profiles(self) -> None:
+        self.dm.set_internal("SmartChargingCtrlr", "Entries", str(len(self.profiles.all())),
+                             instance="ChargingProfiles")
+
     def tx_context(self) -> sc.TxContext | None:
         tx = self.evse.tx
         return None if tx is None else sc.TxContext(transaction_id=tx.id,
@@ -568,7 +607,9 @@ class Station:
         try:
             self.profiles.drop_expired(now)
             profiles = self.profiles.all()
-            current = {lim.source: lim for lim in sc.limits_at(
+            # Submitted without their end: this method replaces them at that instant, and an
+            # end in the arbiter too would let a step in between run without the limit.
+            current = {lim.source: replace(lim, valid_until=None) for lim in sc.limits_at(
                 profiles, evse_id=1, now=now, tx=tx, phases=r.phases,
                 voltage_v=r.nominal_voltage_v)}
             change = sc.next_change(profiles, evse_id=1, now=now, tx=tx)
@@ -595,6 +636,8 @@ class Station:
         return ok
 
     def _on_tx_changed(self, tx: Tx | None) -> None:
+        if tx is None:
+            self._pending_tx_profile = None
         if tx is None and self._last_tx is not None:
             self.profiles.on_transaction_ended(self._last_tx)
             self.allowed_energy_transfer = ()
@@ -604,6 +647,13 @@ class Station:
         self.apply_profiles()
         if tx is None and self.reset_pending is not None:
             self.restart_soon(self.reset_pending)
+
+    def _on_step(self, _step: object) -> None:
+        """Inside the connector's step: contained like OcppEvse.on_step."""
+        try:
+            self._watch_local_limit()
+        except Exception as exc:
+            logs.log(self.log, "local_limit_watch_failed", logging.ERROR, error=repr(exc))
 
     def _watch_local_limit(self) -> None:
         """NotifyChargingLimit when a local source (grid operator, EMS) starts limiting charging,

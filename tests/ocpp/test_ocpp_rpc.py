@@ -144,3 +144,10 @@ def test_call_matches_answers_by_id_one_at_a_time_and_times_out() -> None:
         serve.cancel()
 
     asyncio.run(main())
+
+
+def test_schema_errors_do_not_quote_the_offending_value() -> None:
+    secret = "hunter2-" * 200
+    frame = answer_to(json.dumps([2, "s", "ClearCache", {"customData": {"vendorId": secret}}]))
+    assert frame[2] == "PropertyConstraintViolation"
+    assert "hunter2" not in json.dumps(frame)

@@ -427,3 +427,30 @@ def test_e_a_ground_fault_is_the_stop_reason_not_the_cable(tmp_path):
         assert ended["transactionInfo"]["stoppedReason"] == "GroundFault"
 
     StationRig.run(tmp_path, body)
+
+
+def test_review_fixes_inoperative_beats_free_charging_and_lockout_profiles_are_refused(
+        tmp_path):
+    async def body(rig: StationRig) -> None:
+        csms = rig.csms
+        await csms.next_call("StatusNotification")
+        assert (rig.data_dir / "ocpp.db").stat().st_mode & 0o077 == 0  # it holds the password
+        answer = await csms.request(IDENTITY, "SetVariables", {"setVariableData": [
+            {"component": {"name": "AuthCtrlr"}, "variable": {"name": "Enabled"},
+             "attributeValue": "false"},
+            {"component": {"name": "SecurityCtrlr"}, "variable": {"name": "SecurityProfile"},
+             "attributeValue": "2"}]})
+        # A05: no wss:// URL and no CSMS root: the station would lock itself out.
+        assert [r["attributeStatus"] for r in answer["setVariableResult"]] == [
+            "Accepted", "Rejected"]
+        unavailable = await csms.request(IDENTITY, "ChangeAvailability",
+                                         {"operationalStatus": "Inoperative"})
+        assert unavailable["status"] == "Accepted"
+        rig.do("plug", profile="compact_3p")
+        await rig.sleep(10)
+        assert not rig.status()["authorized"] and not rig.status()["contactor"]
+        rig.do("tap", id_token="X", type="Central")  # not presentable at a reader
+        await rig.sleep(2)
+        assert not rig.status()["authorized"]
+
+    StationRig.run(tmp_path, body)
