@@ -134,6 +134,7 @@ class Station:
         self._external_limit: str | None = None
         self._last_tx: str | None = None
         self._pending_tx_profile: Payload | None = None
+        self._last_offline_event: SecurityEvent | None = None
         self.evse.tx_listeners.append(self._on_tx_changed)
 
     # ---- configuration -------------------------------------------------------------------
@@ -264,9 +265,10 @@ class Station:
             await self._link.close()
         await self.firmware.close()
         await self.uploads.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks:  # tasks may spawn tasks while they are cancelled
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._on_step in self.connector.step_listeners:
             self.connector.step_listeners.remove(self._on_step)
         self.evse.stop()
@@ -324,18 +326,19 @@ class Station:
         self.rpc = rpc
         self.accepted = False
         serve = loop.create_task(rpc.serve())
-        workers: list[asyncio.Task[None]] = []
+        boot = loop.create_task(self._boot(rpc))
+        workers: list[asyncio.Task[None]] = [boot]
         try:
-            boot = loop.create_task(self._boot(rpc))
             done, _ = await asyncio.wait({serve, boot}, return_when=asyncio.FIRST_COMPLETED)
             if serve in done:
                 boot.cancel()
                 serve.result()
                 return
+            boot.result()  # a boot that failed ends this connection (see _session)
             if self._link is not None:
                 self._link.mark_healthy()
             self.certs.confirm_station_certificate()
-            workers = [loop.create_task(w) for w in (
+            workers += [loop.create_task(w) for w in (
                 self._heartbeats(rpc), self._drain(rpc), self._after_boot(rpc))]
             await serve
         finally:
@@ -659,7 +662,10 @@ class Station:
         """NotifyChargingLimit when a local source (grid operator, EMS) starts limiting charging,
         ClearedChargingLimit when it stops (K12, K13)."""
         binding = self.connector.limit.binding
-        source = None if binding is None else _LIMIT_SOURCE_NAME.get(binding.cls)
+        source = None
+        if binding is not None and binding.source is not LimitSource.USER:
+            # The driver's own limit is not an external charging limit.
+            source = _LIMIT_SOURCE_NAME.get(binding.cls)
         if source == self._external_limit:
             return
         previous, self._external_limit = self._external_limit, source
@@ -726,8 +732,11 @@ class Station:
         payload = security_event_notification(kind, now, tech_info)
         if self.online:
             self.spawn(self._send_quietly("SecurityEventNotification", payload))
-        elif is_critical(kind):
+        elif is_critical(kind) and kind is not self._last_offline_event:
+            # A failing TLS handshake repeats at every reconnect attempt: queue the first of a
+            # run, the security log has them all.
             self.queue.enqueue("SecurityEventNotification", payload)
+        self._last_offline_event = None if self.online else kind
 
     async def on_certificate_signed(self, payload: Payload) -> Payload:
         response, outcome = self.security.certificate_signed(
