@@ -162,7 +162,7 @@ def handlers_for(st: Station, version: str) -> dict[str, Handler]:
         st.dm.set_internal("EVSE", "AvailabilityState",
                            "Unavailable" if inoperative else "Available", evse=1)
         evse.set_inoperative(inoperative)
-        # G03.FR.xx: with a transaction running, the change waits for it to end.
+        # G03: with a transaction running, the change waits for it to end.
         return {"status": "Scheduled" if inoperative and evse.tx is not None
                 else "Accepted"}
 

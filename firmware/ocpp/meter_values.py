@@ -21,7 +21,7 @@ _PHASES = ("L1", "L2", "L3")
 def next_aligned(now: float, interval_s: float) -> float:
     """The first aligned instant strictly after ``now``: multiples of the interval from the
     UTC midnight of ``now``'s day, restarting at each midnight when the interval does not
-    divide a day (J01.FR.xx: aligned to midnight)."""
+    divide a day (J01: aligned to midnight)."""
     if interval_s <= 0:
         raise ValueError("an aligned interval is > 0 s")
     midnight = math.floor(now / DAY_S) * DAY_S

@@ -686,6 +686,7 @@ class Station:
         """DER controls (2.1) in force: kept for the grid-operator layer, which enforces them
         on bidirectional boards."""
         r = self.board.ratings
+        self.der.prune(self.clock.now())  # expired controls would otherwise pile up
         self.grid_settings = active_grid_settings(
             self.der.controls(self.clock.now()), self.clock.now(),
             rated_discharge_w=r.max_current_a * r.phases * r.nominal_voltage_v,

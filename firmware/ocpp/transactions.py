@@ -5,7 +5,7 @@ of the TxStopPoint conditions that was true stops being true (OCPP 2.0.1 E01, E0
 session (plug to unplug) and the OCPP transaction are separate things: with TxStartPoint
 "Authorized" a transaction can begin before the plug is in, with "PowerPathClosed" after it.
 
-Every event gets the next seqNo of its transaction at the moment it is made (E03.FR.xx: gap-free,
+Every event gets the next seqNo of its transaction at the moment it is made (E03, gap-free,
 starting at 0); the station persists the transaction with its next seqNo in the same database
 transaction that queues the message, so a crash can neither skip nor repeat a number.
 """
@@ -125,7 +125,7 @@ class TxEvent:
     at: float
     trigger: Trigger
     tx: Tx
-    charging_state: ChargingState | None = None  # set when it changed (E02.FR.xx)
+    charging_state: ChargingState | None = None  # set when it changed (E02)
     stopped: Stopped | None = None
     id_token: dict[str, Any] | None = None
 
@@ -299,7 +299,7 @@ def to_payload(event: TxEvent, *, meter_value: list[dict[str, Any]] | None = Non
         info["timeSpentCharging"] = time_spent_charging(event.tx, event.at)
     if event.stopped is not None:
         info["stoppedReason"] = event.stopped.value
-    # F01.FR.xx: the first event after the remote start carries its id, whichever it is.
+    # F01: the first event after the remote start carries its id, whichever it is.
     if event.tx.remote_start_id is not None and (
             event.trigger is Trigger.REMOTE_START or event.event_type == "Started"):
         info["remoteStartId"] = event.tx.remote_start_id
