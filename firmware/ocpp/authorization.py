@@ -38,14 +38,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from firmware import logs
 from firmware.ocpp.dates import parse_datetime
+from firmware.ocpp.db import transaction
 
 log = logs.get("ocpp.authorization")
 
@@ -388,17 +388,6 @@ _EVICTION_ORDER = {
 }
 
 
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 def _status_response(status: str, reason_code: str | None = None,
                      detail: str | None = None) -> JsonDict:
     response: JsonDict = {"status": status}
@@ -527,7 +516,7 @@ class Authorizer:
                 "Failed", "TooLargeElement",
                 f"more than BytesPerMessage={settings.list_bytes_per_message}")
         changes = _list_changes(items, full=update == "Full")
-        with _transaction(self._db):
+        with transaction(self._db):
             if update == "Full":
                 self._db.execute("DELETE FROM authorization_list")  # D01.FR.04, D01.FR.15
             for key, id_token, info, expires_at in changes:
@@ -625,7 +614,7 @@ class Authorizer:
             # cache and removes the one there.
             self._cache_delete(id_token)
             return
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.execute(
                 "INSERT INTO authorization_cache (token, type, id_token, id_token_info,"
                 " expires_at, last_used, use_count, inserted_seq, used_seq, size)"

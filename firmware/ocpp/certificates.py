@@ -35,7 +35,7 @@ import os
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509 import ocsp
 
 from firmware import logs
+from firmware.ocpp.db import transaction
 from hal.clock import utc
 
 log = logs.get("ocpp.certificates")
@@ -186,7 +187,7 @@ class CertificateStore:
             if self.entries() >= self.max_entries:
                 return _status("Rejected", "OutOfStorage",
                                f"store holds {self.max_entries} certificates")
-            with self._transaction():
+            with transaction(self._db):
                 self._db.execute(
                     "INSERT INTO certificates_ca (type, fingerprint, pem) VALUES (?, ?, ?)",
                     (kind.value, fingerprint, _pem(cert)))
@@ -252,7 +253,7 @@ class CertificateStore:
             assert item.use is not None and item.slot is not None
             self._delete_station(item.use, item.slot)
             return
-        with self._transaction():
+        with transaction(self._db):
             self._db.execute("DELETE FROM certificates_ca WHERE id=?", (item.ca_id,))
             if item.type is CertificateType.CSMS_ROOT:
                 self._write_ca_bundle()
@@ -342,7 +343,7 @@ class CertificateStore:
         """Install ``chain`` (leaf first, already validated) with the pending key of ``use`` as
         the active certificate; the active one so far becomes the fallback."""
         chain_pem = "".join(_pem(cert) for cert in chain)
-        with self._transaction():
+        with transaction(self._db):
             row = self._db.execute("SELECT key_file FROM certificates_pending WHERE use=?",
                                    (use.value,)).fetchone()
             if row is None:
@@ -370,7 +371,7 @@ class CertificateStore:
         active again (A02.FR.28). False when there is no fallback to return to."""
         if self._station_row(use, "fallback") is None:
             return False
-        with self._transaction():
+        with transaction(self._db):
             self._db.execute("DELETE FROM certificates_station WHERE use=? AND slot='active'",
                              (use.value,))
             self._db.execute("UPDATE certificates_station SET slot='active' "
@@ -425,16 +426,6 @@ class CertificateStore:
         return path
 
     # ---- internals -----------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _station_row(self, use: CertificateUse, slot: str) -> tuple[str, str] | None:
         row = self._db.execute(

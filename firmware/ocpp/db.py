@@ -9,6 +9,8 @@ tables (prefixed with the module's name) with CREATE TABLE IF NOT EXISTS.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -24,3 +26,27 @@ def open_db(path: Path | str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One database transaction: all of the block's writes or none. Inside a caller's
+    transaction it is a savepoint of it, so a module's write joins the caller's (a queued
+    TransactionEvent and its transaction's next seqNo commit together)."""
+    if db.in_transaction:
+        db.execute("SAVEPOINT nested")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK TO nested")
+            db.execute("RELEASE nested")
+            raise
+        db.execute("RELEASE nested")
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

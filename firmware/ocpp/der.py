@@ -31,6 +31,7 @@ from typing import Any
 
 from firmware import logs
 from firmware.ocpp.dates import parse_datetime
+from firmware.ocpp.db import transaction
 from hal.clock import iso
 
 log = logs.get("ocpp.der")
@@ -446,8 +447,7 @@ class DerControls:
             return refusal.response()
         beaten = sorted(c.control_id for c in current
                         if parsed.competes_with(c) and parsed.outranks(c))
-        self._db.execute("BEGIN")
-        try:
+        with transaction(self._db):
             self._db.execute("DELETE FROM der_controls WHERE control_id = ?",
                              (parsed.control_id,))
             self._db.execute(
@@ -455,10 +455,6 @@ class DerControls:
                 (parsed.control_id, parsed.control_type.value, int(parsed.is_default),
                  parsed.priority, parsed.start, parsed.duration, json.dumps(parsed.setting),
                  parsed.seq))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         logs.log(log, "der_control_set", control_id=parsed.control_id,
                  control_type=parsed.control_type, is_default=parsed.is_default,
                  priority=parsed.priority, superseded=beaten)
@@ -500,14 +496,9 @@ class DerControls:
         return tuple(doomed)
 
     def _delete(self, control_ids: Iterable[str]) -> None:
-        self._db.execute("BEGIN")
-        try:
+        with transaction(self._db):
             self._db.executemany("DELETE FROM der_controls WHERE control_id = ?",
                                  [(i,) for i in control_ids])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
 
 def _matches(control: DerControl, query: Mapping[str, Any]) -> bool:

@@ -30,6 +30,8 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from firmware import logs
+from firmware.ocpp.db import transaction
+from firmware.ocpp.rpc import INT32
 
 log = logs.get("ocpp.device_model")
 
@@ -303,7 +305,6 @@ def never_lower(new: str, old: str | None) -> str | None:
 # ASCII digits only (\d would take "٣٠"), and OCPP's integer is 32 bits.
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
-INT32 = (-(2**31), 2**31 - 1)
 
 
 def parse_datetime(text: str) -> datetime | None:
@@ -479,16 +480,11 @@ class DeviceModel:
 
     def _apply_pending(self) -> int:
         """Pending (RebootRequired) values become the stored values at start."""
-        self._db.execute("BEGIN")
-        try:
+        with transaction(self._db):
             count = self._db.execute("INSERT OR REPLACE INTO device_model_value "
                                      "SELECT var, attribute, value FROM device_model_pending"
                                      ).rowcount
             self._db.execute("DELETE FROM device_model_pending")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return count
 
     def _restore(self, norm: _Norm | None, attribute_text: str, value: str) -> None:
@@ -814,8 +810,7 @@ class DeviceModel:
         """Write the accepted values in one transaction, then make them current."""
         if not staged and not pending:
             return
-        self._db.execute("BEGIN")
-        try:
+        with transaction(self._db):
             for (norm, attribute), value in staged.items():
                 if self._decls[norm].persistent:
                     self._db.execute("INSERT OR REPLACE INTO device_model_value "
@@ -829,10 +824,6 @@ class DeviceModel:
                     self._db.execute("INSERT OR REPLACE INTO device_model_pending "
                                      "VALUES (?, ?, ?)",
                                      (self._var_id(norm), attribute.value, maybe))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         self._values.update(staged)
         for slot, maybe in pending.items():
             if maybe is None:

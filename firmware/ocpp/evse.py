@@ -14,8 +14,7 @@ import json
 import logging
 import sqlite3
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from firmware.core.reasons import StopReason
 from firmware.evse.connector import Connector
 from firmware.evse.session import Session
 from firmware.ocpp import transactions as txm
+from firmware.ocpp.db import transaction
 from firmware.ocpp.meter_values import measurand_list, meter_value, next_aligned, next_periodic
 from firmware.ocpp.transactions import (
     ChargingState,
@@ -432,7 +432,7 @@ class OcppEvse:
         self.tx = tx
 
     def _queue(self, events: list[TxEvent], tx_after: Tx | None) -> None:
-        with atomic(self.db):
+        with transaction(self.db):
             self._queue_all(events, tx_after)
 
     def _queue_all(self, events: list[TxEvent], tx_after: Tx | None) -> None:
@@ -478,18 +478,3 @@ class OcppEvse:
                   charging_state=ChargingState(s.charging_state), id_token=s.id_token,
                   remote_start_id=s.remote_start_id, charging_s=s.charging_s,
                   charging_since=s.charging_since)
-
-
-@contextmanager
-def atomic(db: sqlite3.Connection) -> Iterator[None]:
-    """One database transaction (nested calls join the outer one)."""
-    if db.in_transaction:
-        yield
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

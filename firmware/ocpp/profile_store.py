@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from firmware import logs
+from firmware.ocpp.db import transaction
 from firmware.ocpp.smart_charging import (
     ChargingProfile,
     Purpose,
@@ -61,14 +62,9 @@ class ProfileStore:
         present = sorted({i for i in ids if i in self._profiles})
         if not present:
             return []
-        self._db.execute("BEGIN")
-        try:
+        with transaction(self._db):
             self._db.executemany("DELETE FROM profile_store_profiles WHERE id = ?",
                                  [(i,) for i in present])
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         for i in present:
             del self._profiles[i]
         return present

@@ -68,13 +68,13 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
 from firmware import logs
+from firmware.ocpp.db import transaction
 
 log = logs.get("ocpp.queue")
 
@@ -271,7 +271,7 @@ class MessageQueue:
         self._draining = False
         self._woken = False
         self._waiters: set[asyncio.Future[None]] = set()
-        with self._atomic():
+        with transaction(self._db):
             for statement in _SCHEMA:
                 db.execute(statement)
             db.executemany("INSERT OR IGNORE INTO queue_counters (name, value) VALUES (?, 0)",
@@ -298,7 +298,7 @@ class MessageQueue:
         if action == TRANSACTION_EVENT:
             tx_id, event_type, seq_no, trigger = _transaction_fields(payload, tx_id, event_type)
         message_id = str(uuid.uuid4())
-        with self._atomic():
+        with transaction(self._db):
             droppable = False
             if action == TRANSACTION_EVENT and tx_id is not None and seq_no is not None:
                 droppable = self._note_transaction(tx_id, str(event_type), seq_no, trigger)
@@ -331,7 +331,7 @@ class MessageQueue:
 
     def delivered(self, message_id: str) -> None:
         """The CSMS answered with a CALLRESULT: the message is done."""
-        with self._atomic():
+        with transaction(self._db):
             gone = self._db.execute("DELETE FROM queue_messages WHERE message_id = ? "
                                     "RETURNING position", (message_id,)).fetchall()
             if not gone:
@@ -343,7 +343,7 @@ class MessageQueue:
                error: str) -> RetryDecision:
         """A send was answered with a CALLERROR or not at all: schedule the retry (E13.FR.02)
         or, after the last allowed attempt, move the message to the dead letters (E13.FR.03)."""
-        with self._atomic():
+        with transaction(self._db):
             message = self._require(message_id)
             attempts = message.attempts + 1
             decision = retry_decision(attempts, now=now, attempts_allowed=attempts_allowed,
@@ -561,24 +561,3 @@ class MessageQueue:
     def _count(self, name: str, by: int = 1) -> None:
         self._db.execute("UPDATE queue_counters SET value = value + ? WHERE name = ?",
                          (by, name))
-
-    @contextmanager
-    def _atomic(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT; inside the caller's transaction, a savepoint of it."""
-        if self._db.in_transaction:
-            self._db.execute("SAVEPOINT queue")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK TO queue")
-                self._db.execute("RELEASE queue")
-                raise
-            self._db.execute("RELEASE queue")
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
