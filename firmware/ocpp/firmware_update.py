@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from firmware import logs
 from firmware.ocpp.dates import parse_datetime
+from firmware.ocpp.security import SecurityEvent
+from firmware.ocpp.tasks import Tasks
 from hal.clock import Clock
 
 if TYPE_CHECKING:
@@ -55,10 +57,10 @@ log = logs.get("ocpp.firmware_update")
 # OCPPCommCtrlr.FileTransferProtocols: what our default download and upload edges speak.
 FILE_TRANSFER_PROTOCOLS = ("HTTP", "HTTPS")
 
-# Security events this module raises (part 2 appendix, security events list).
-INVALID_FIRMWARE_SIGNING_CERTIFICATE = "InvalidFirmwareSigningCertificate"
-INVALID_FIRMWARE_SIGNATURE = "InvalidFirmwareSignature"
-FIRMWARE_UPDATED = "FirmwareUpdated"
+# Security events this module raises, as their wire names.
+INVALID_FIRMWARE_SIGNING_CERTIFICATE = SecurityEvent.INVALID_FIRMWARE_SIGNING_CERTIFICATE.value
+INVALID_FIRMWARE_SIGNATURE = SecurityEvent.INVALID_FIRMWARE_SIGNATURE.value
+FIRMWARE_UPDATED = SecurityEvent.FIRMWARE_UPDATED.value
 
 _CHUNK = 1 << 16
 
@@ -342,7 +344,7 @@ class FirmwareUpdater:
         self._idle_poll_s = idle_poll_s
         self._job: asyncio.Task[None] | None = None
         self._last: tuple[FirmwareStatus, int] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks(log, "security_event_task_failed")
 
     # ---- CSMS requests and station queries --------------------------------------------------
 
@@ -363,7 +365,7 @@ class FirmwareUpdater:
             # L01.FR.21/22: checked before accepting; L01.FR.02: the security event.
             logs.log(log, "signing_certificate_rejected", logging.WARNING,
                      requestId=request.request_id, check=check)
-            self._spawn(self._security(
+            self._tasks.spawn(self._security(
                 INVALID_FIRMWARE_SIGNING_CERTIFICATE,
                 f"UpdateFirmware {request.request_id}: signing certificate {check.value}"))
             return {"status": (UpdateFirmwareStatus.REVOKED_CERTIFICATE
@@ -541,13 +543,6 @@ class FirmwareUpdater:
         except Exception as exc:
             logs.log(log, "security_event_failed", logging.WARNING, kind=kind, error=repr(exc))
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        async def run() -> None:
-            await work
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 # ---- the sim board's installer ---------------------------------------------------------------

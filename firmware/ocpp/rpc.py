@@ -27,6 +27,7 @@ from ocpp.messages import Call, CallError, CallResult, get_validator
 from websockets.exceptions import ConnectionClosed
 
 from firmware import logs
+from firmware.ocpp.tasks import Tasks
 
 # Validate in the loop's own thread: payloads are small (a few hundred microseconds), and an
 # executor thread would compete with the safety loop for the GIL.
@@ -81,8 +82,8 @@ class Rpc:
         self._pending: dict[str, asyncio.Future[Payload]] = {}
         # OCPP-J allows one CALL of ours in flight at a time.
         self._one_at_a_time = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.log = logs.get(log_name)
+        self._tasks = Tasks(self.log, "follow_up_failed", logging.WARNING)
         self.errors_sent = 0
 
     # ---- receiving ------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class Rpc:
             return
         await self.transport.send(result.to_json())
         if then is not None:
-            self._spawn(then())
+            self._tasks.spawn(then())
 
     def _on_answer(self, frame: list[Any], message_id: str) -> None:
         future = self._pending.get(message_id)
@@ -236,17 +237,6 @@ class Rpc:
             raise OcppCallError(problem[0], f"{action} response: {problem[1]}")
         return answer
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception as exc:
-                logs.log(self.log, "follow_up_failed", logging.WARNING, error=repr(exc))
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def transport_close(self) -> None:
         """End the connection (the link reconnects, e.g. with a new client certificate)."""
         await self.transport.close()
@@ -255,8 +245,7 @@ class Rpc:
         for future in self._pending.values():
             if not future.done():
                 future.cancel()
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
 
 
 def check_request(action: str, payload: Payload, version: str) -> None:
