@@ -26,8 +26,6 @@ Handler = Callable[[Payload], Awaitable[Payload | After]]
 # bound the request); these keep each frame far below any CSMS's frame limit.
 REPORT_ITEMS = 25
 REPORT_BYTES = 32000
-# SmartChargingCtrlr.Entries (instance ChargingProfiles) maxLimit in device_model_vars.py.
-MAX_PROFILES = 32
 
 
 def _rejected(reason: str, info: str | None = None) -> Payload:
@@ -197,11 +195,6 @@ def handlers_for(st: Station, version: str) -> dict[str, Handler]:
     async def set_charging_profile(p: Payload) -> Payload:
         profile_id = p["chargingProfile"]["id"]
         previous = st.profiles.get(profile_id)
-        if previous is None and len(st.profiles.all()) >= MAX_PROFILES:
-            # SmartChargingCtrlr.Entries maxLimit: every profile costs composite time on the
-            # loop, so their number is bounded.
-            return {"status": "Rejected", "statusInfo": _rejected(
-                "OutOfStorage", f"at most {MAX_PROFILES} charging profiles")}
         response = sc.set_charging_profile(p, st.sc_context(version), st.profiles,
                                            st.clock.now())
         if response["status"] == "Accepted" and not st.apply_profiles():

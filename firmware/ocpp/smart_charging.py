@@ -120,6 +120,7 @@ class ReasonCode(StrEnum):
     UNSUPPORTED_KIND = "UnsupportedKind"
     UNSUPPORTED_PARAM = "UnsupportedParam"
     TOO_MANY_ELEMENTS = "TooManyElements"
+    OUT_OF_STORAGE = "OutOfStorage"
     PHASE_CONFLICT = "PhaseConflict"
     VALUE_POSITIVE_ONLY = "ValuePositiveOnly"
 
@@ -352,6 +353,9 @@ class ValidationContext:
     additional_purposes: frozenset[Purpose] = V21_PURPOSES
     dynamic_profiles: bool = False
     max_external_constraints_id: int | None = None
+    # SmartChargingCtrlr.Entries maxLimit: every installed profile costs composite time on the
+    # event loop, so their number is bounded.
+    max_profiles: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "version", OcppVersion(self.version))
@@ -385,9 +389,18 @@ def validate_profile(profile: ChargingProfile, *, evse_id: int, ctx: ValidationC
                      installed: Sequence[ChargingProfile], now: float) -> Rejection | None:
     """None when the CSMS may install ``profile`` on ``evse_id`` next to ``installed``;
     otherwise the first reason it may not."""
-    return (_check_profile(profile, evse_id, ctx, installed, now)
+    return (_check_capacity(profile, ctx, installed)
+            or _check_profile(profile, evse_id, ctx, installed, now)
             or _check_schedules(profile, ctx)
             or _check_conflicts(profile, evse_id, ctx, installed))
+
+
+def _check_capacity(p: ChargingProfile, ctx: ValidationContext,
+                    installed: Sequence[ChargingProfile]) -> Rejection | None:
+    if len(installed) >= ctx.max_profiles and all(q.id != p.id for q in installed):
+        return Rejection(ReasonCode.OUT_OF_STORAGE,
+                         f"at most {ctx.max_profiles} charging profiles")
+    return None
 
 
 def _check_profile(p: ChargingProfile, evse_id: int, ctx: ValidationContext,
