@@ -45,3 +45,16 @@ def percentile(values: list[float], p: float) -> float:
 
 def ms(value: float) -> str:
     return f"{value:.2f} ms"
+
+
+# The station the OCPP benchmarks run, as the CSMS knows it.
+OCPP_IDENTITY = "bench-cs"
+OCPP_PASSWORD = "bench-password-0123456789"
+
+
+def ocpp_settings_file(path: Path, port: int) -> Path:
+    """`voltpilot run --ocpp` settings for a CSMS on 127.0.0.1:port."""
+    path.write_text(f'[ocpp]\ncsms_url = "ws://127.0.0.1:{port}/ocpp"\n'
+                    f'identity = "{OCPP_IDENTITY}"\npassword = "{OCPP_PASSWORD}"\n',
+                    encoding="utf-8")
+    return path

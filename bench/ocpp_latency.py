@@ -47,7 +47,15 @@ from ocpp.charge_point import camel_to_snake_case
 from ocpp.routing import on
 from websockets.asyncio.server import ServerConnection, serve
 
-from bench import ROOT, Result, Spec, ms, percentile
+from bench import (
+    OCPP_IDENTITY,
+    ROOT,
+    Result,
+    Spec,
+    ms,
+    ocpp_settings_file,
+    percentile,
+)
 from bench.latency import Probe, TimedPilot, logging_to
 from bench.trigger import now_ns
 from firmware.app import Controller, RunOptions
@@ -61,8 +69,6 @@ TARGET_MS = 100.0
 EVENTS = 200
 AMPS = (10.0, 16.0)
 GAP_S = (0.010, 0.050)
-IDENTITY = "bench-cs"
-PASSWORD = "bench-password-0123456789"
 CARD = "BENCH-CARD-1"
 START_TIMEOUT_S = 60.0   # the CSMS process up, the station booted, the car charging
 REPLY_TIMEOUT_S = 10.0   # for the CSMS's report of one SetChargingProfile
@@ -163,7 +169,7 @@ async def _csms() -> None:
     async def handler(ws: ServerConnection) -> None:
         version = ws.subprotocol or "ocpp2.0.1"
         socket = StampedSocket(ws)
-        cp = _charge_point_class(version)(IDENTITY, socket)
+        cp = _charge_point_class(version)(OCPP_IDENTITY, socket)
         lib = ocpp.v21 if version == "ocpp2.1" else ocpp.v201
         await stations.put((cp, socket, lib))
         with contextlib.suppress(websockets.ConnectionClosed):
@@ -265,11 +271,6 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def _settings_file(path: Path, port: int) -> Path:
-    path.write_text(f'[ocpp]\ncsms_url = "ws://127.0.0.1:{port}/ocpp"\n'
-                    f'identity = "{IDENTITY}"\npassword = "{PASSWORD}"\n', encoding="utf-8")
-    return path
-
 
 @contextlib.contextmanager
 def _csms_process() -> Iterator[CsmsProcess]:
@@ -287,7 +288,7 @@ async def _measure(data: Path, clock: WallClock, events: int) -> Outcome:
     with _csms_process() as csms:
         port = await asyncio.wait_for(csms.port, START_TIMEOUT_S)
         opts = RunOptions(data_dir=data, status="off", log=str(data / "voltpilot.log"),
-                          ocpp=_settings_file(data / "ocpp.toml", port))
+                          ocpp=ocpp_settings_file(data / "ocpp.toml", port))
         controller = Controller(load_board("sim"), clock, opts, io.StringIO())
         plant = controller.hw.plant
         assert plant is not None

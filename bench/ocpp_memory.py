@@ -37,7 +37,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from bench import Result, Spec
+from bench import Result, Spec, ocpp_settings_file
 from bench.latency import logging_to
 from firmware.app import Controller, RunOptions
 from firmware.virtual_time import VirtualTimeLoop
@@ -49,8 +49,6 @@ SPEC = Spec("ocpp_memory", "Memory, controller + OCPP station, 24 h virtual time
 HOURS = 24
 WARM_UP_H = 1
 TARGET_MB = 5.0
-IDENTITY = "bench-cs"
-PASSWORD = "bench-password-0123456789"
 EV_PROFILE = "empty_60kwh_3p"
 CHECK_EV_S = 60.0       # how often the car is looked at (full: replaced)
 SETTLE_S = 30.0         # between unplugging a full car and plugging the next
@@ -159,11 +157,6 @@ def _status_kb(key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def _settings_file(path: Path, port: int) -> Path:
-    path.write_text(f'[ocpp]\ncsms_url = "ws://127.0.0.1:{port}/ocpp"\n'
-                    f'identity = "{IDENTITY}"\npassword = "{PASSWORD}"\n', encoding="utf-8")
-    return path
-
 
 async def _cars(controller: Controller, plugged: Counter[str]) -> None:
     """Keep a car charging: plug one, and replace it whenever it is full."""
@@ -196,7 +189,7 @@ async def _run(data: Path, clock: VirtualClock, hours: int) -> Run:
         port = server.sockets[0].getsockname()[1]
         opts = RunOptions(virtual_time=True, data_dir=data, status="off",
                           log=str(data / "voltpilot.log"),
-                          ocpp=_settings_file(data / "ocpp.toml", port),
+                          ocpp=ocpp_settings_file(data / "ocpp.toml", port),
                           duration=(hours + 1) * 3600.0)
         controller = Controller(load_board("sim"), clock, opts, io.StringIO())
         loop = asyncio.get_running_loop()

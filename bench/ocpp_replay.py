@@ -9,7 +9,7 @@ database is closed and reopened as after a restart.
 
 The station side of the replay is the station's own: ``firmware.ocpp.connection.open_connection``
 (security profile 1, subprotocol ocpp2.0.1), an ``Rpc`` reading the socket, and
-``MessageQueue.drain`` with the send function of ``Station._drain``:
+``MessageQueue.drain`` with the station's send (``firmware.ocpp.station.queued_sender``):
 ``rpc.call(action, payload, unique_id=message_id, checked=True)``, one CALL in flight, each
 answer awaited and validated against its schema, the queue's SQLite writes (send started,
 delivered; WAL, synchronous=FULL) around every message. Logging goes to a file at INFO, as in
@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,12 +50,13 @@ from ocpp.messages import Call, get_validator
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from bench import ROOT, Result, Spec
+from bench import OCPP_IDENTITY, OCPP_PASSWORD, ROOT, Result, Spec
 from bench.latency import logging_to
 from firmware.ocpp.connection import ConnectionConfig, open_connection
 from firmware.ocpp.db import open_db
 from firmware.ocpp.queue import MessageQueue, QueuedMessage, SendOutcome
-from firmware.ocpp.rpc import CallTimeoutError, OcppCallError, Rpc, check_request
+from firmware.ocpp.rpc import Rpc, check_request
+from firmware.ocpp.station import queued_sender
 from hal.clock import WallClock, iso
 
 SPEC = Spec("ocpp_replay", "OCPP offline replay of 10,000 queued TransactionEvents",
@@ -66,8 +66,6 @@ TARGET_RATE = 500.0
 T0 = 1767225600.0       # 2026-01-01T00:00:00Z, when the transaction starts
 SAMPLE_S = 60.0         # SampledDataCtrlr.TxUpdatedInterval (our default)
 TX_ID = "3f2c8a4e-6b1d-4c2e-9a77-0d5e8f1b2c3a"
-IDENTITY = "bench-cs"
-PASSWORD = "bench-password-0123456789"
 PROTOCOL = "ocpp2.0.1"
 THIN_OFF = 10 * EVENTS  # a thinning threshold above the load: the target counts every message
 MESSAGE_TIMEOUT_S = 30.0
@@ -199,24 +197,6 @@ class CsmsProcess:
 # ---- the station side --------------------------------------------------------------------
 
 
-def _sender(rpc: Rpc) -> Callable[[QueuedMessage], Awaitable[SendOutcome]]:
-    """Station._drain's send: the queued id as the CALL's id, the payload checked at enqueue."""
-
-    async def send(message: QueuedMessage) -> SendOutcome:
-        try:
-            await rpc.call(message.action, message.payload, unique_id=message.message_id,
-                           checked=True)
-        except OcppCallError:
-            return SendOutcome.REJECTED
-        except CallTimeoutError:
-            return SendOutcome.TIMEOUT
-        except websockets.ConnectionClosed:
-            return SendOutcome.DISCONNECTED
-        return SendOutcome.DELIVERED
-
-    return send
-
-
 @dataclass(frozen=True)
 class Replay:
     wall_s: float          # the drain, connection set-up included
@@ -231,12 +211,14 @@ class Replay:
 
 async def _drain(queue: MessageQueue, url: str) -> None:
     connected = await open_connection(ConnectionConfig(
-        csms_url=url, identity=IDENTITY, security_profile=1, basic_auth_password=PASSWORD,
+        csms_url=url, identity=OCPP_IDENTITY, security_profile=1, basic_auth_password=OCPP_PASSWORD,
         versions=(PROTOCOL,)))
     rpc = Rpc(connected.ws, connected.version, {}, timeout_s=lambda: MESSAGE_TIMEOUT_S)
     reader = asyncio.create_task(rpc.serve())
     try:
-        await queue.drain(_sender(rpc), now=WallClock().now, sleep=asyncio.sleep,
+        # The station's own send; the answers carry no idTokenInfo to act on.
+        send = queued_sender(rpc, lambda _request, _answer: None)
+        await queue.drain(send, now=WallClock().now, sleep=asyncio.sleep,
                           attempts_allowed=lambda: 3, interval_s=lambda: 10.0)
     finally:
         reader.cancel()
@@ -369,7 +351,7 @@ def run(events: int = EVENTS) -> Result:
               f"{head.failed_attempts}; thinning off (threshold above the load): the target "
               "counts every message",
               "station: open_connection (profile 1, ocpp2.0.1) + Rpc + MessageQueue.drain with "
-              "Station._drain's send (checked=True); CSMS: a separate process, a raw "
+              "the station's queued_sender (checked=True); CSMS: a separate process, a raw "
               "websockets server answering [3, id, {}]"]
     # Losing or repeating a message fails the target in either run; the rate is the headline's.
     met = (all(not c.problems and c.lost == 0 and c.duplicated == 0

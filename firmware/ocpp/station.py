@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import websockets
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from firmware import logs
 from firmware.core.limits import Limit, LimitClass, LimitSource
@@ -42,11 +44,11 @@ from firmware.ocpp.connection import (
     Link,
     LinkState,
 )
-from firmware.ocpp.db import open_db
+from firmware.ocpp.db import open_db, transaction
 from firmware.ocpp.der import DerControls, GridSettings, active_grid_settings
 from firmware.ocpp.device_model import Change, DeviceModel, VarKey, never_lower
-from firmware.ocpp.device_model_vars import declarations, station_overrides
-from firmware.ocpp.evse import OcppEvse, atomic
+from firmware.ocpp.device_model_vars import AUTH, COMM, SEC, declarations, station_overrides
+from firmware.ocpp.evse import OcppEvse
 from firmware.ocpp.firmware_update import CertCheck, FirmwareUpdater, SlotInstaller
 from firmware.ocpp.handlers import handlers_for
 from firmware.ocpp.log_upload import LogUploader
@@ -65,6 +67,7 @@ from firmware.ocpp.security import (
     security_event_notification,
 )
 from firmware.ocpp.settings import OcppSettings
+from firmware.ocpp.tasks import Tasks
 from firmware.ocpp.transactions import Tx
 from hal.board import Board
 from hal.clock import Clock, iso
@@ -81,7 +84,6 @@ _OCPP_SOURCES = (LimitSource.OCPP_STATION_MAX, LimitSource.OCPP_EXTERNAL, LimitS
 _LIMIT_SOURCE_NAME = {LimitClass.GRID: "SO", LimitClass.OPTIMISATION: "EMS",
                       LimitClass.TARIFF: "EMS"}
 
-SEC, COMM, AUTH = "SecurityCtrlr", "OCPPCommCtrlr", "AuthCtrlr"
 
 
 class Station:
@@ -129,7 +131,7 @@ class Station:
         self.reset_pending: str | None = None
         self._wake = asyncio.Event()
         self._link: Link | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks(self.log)
         self._limit_timer: asyncio.TimerHandle | None = None
         self._external_limit: str | None = None
         self._last_tx: str | None = None
@@ -172,7 +174,8 @@ class Station:
         path = self.settings.ca_file
         if path is None or self.certs.roots(CertificateType.CSMS_ROOT):
             return
-        for pem in _pem_blocks(path.read_text(encoding="ascii")):
+        for cert in x509.load_pem_x509_certificates(path.read_bytes()):
+            pem = cert.public_bytes(Encoding.PEM).decode()
             answer = self.certs.install_certificate(
                 {"certificateType": CertificateType.CSMS_ROOT.value, "certificate": pem},
                 self.clock.now())
@@ -265,10 +268,7 @@ class Station:
             await self._link.close()
         await self.firmware.close()
         await self.uploads.close()
-        while self._tasks:  # tasks may spawn tasks while they are cancelled
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_and_wait()
         if self._on_step in self.connector.step_listeners:
             self.connector.step_listeners.remove(self._on_step)
         self.evse.stop()
@@ -282,18 +282,7 @@ class Station:
 
     def spawn(self, work: Awaitable[Any]) -> None:
         """Run ``work`` as a task the station keeps, logs the failure of, and cancels at stop."""
-
-        async def run() -> None:
-            await work
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logs.log(self.log, "task_failed", logging.ERROR, error=repr(task.exception()))
+        self._tasks.spawn(work)
 
     def _on_link_state(self, state: LinkState, error: ConnectError | None) -> None:
         logs.log(self.log, "link", state=state.value,
@@ -449,7 +438,7 @@ class Station:
         # them too (tests/ocpp/test_ocpp_transactions.py checks every shape against both);
         # checking both would cost 1.5 ms inside the connector's step instead of 0.9 ms.
         check_request("TransactionEvent", payload, "2.0.1")
-        with atomic(self.db):
+        with transaction(self.db):
             persist()
             self.queue.enqueue("TransactionEvent", payload, tx_id=tx_id, event_type=event_type)
         self._wake.set()
@@ -468,21 +457,7 @@ class Station:
         await self.call(action, payload)
 
     async def _drain(self, rpc: Rpc) -> None:
-        async def send(message: QueuedMessage) -> SendOutcome:
-            try:
-                answer = await rpc.call(message.action, message.payload,
-                                        unique_id=message.message_id,
-                                        checked=message.action == "TransactionEvent")
-            except OcppCallError:
-                return SendOutcome.REJECTED
-            except CallTimeoutError:
-                return SendOutcome.TIMEOUT
-            except websockets.ConnectionClosed:
-                return SendOutcome.DISCONNECTED
-            if message.action == "TransactionEvent":
-                self._on_transaction_answer(message.payload, answer)
-            return SendOutcome.DELIVERED
-
+        send = queued_sender(rpc, self._on_transaction_answer)
         while True:
             self._wake.clear()
             await self.queue.drain(
@@ -811,6 +786,25 @@ class Station:
         return iso(self.clock.now())
 
 
-def _pem_blocks(text: str) -> list[str]:
-    end = "-----END CERTIFICATE-----"
-    return [block.strip() + "\n" + end + "\n" for block in text.split(end) if "BEGIN" in block]
+def queued_sender(rpc: Rpc, on_transaction_answer: Callable[[Payload, Payload], None]
+                  ) -> Callable[[QueuedMessage], Awaitable[SendOutcome]]:
+    """How a queued message goes out: under its queued id (a re-send after a crash is the same
+    message to the CSMS), without a second schema check for a TransactionEvent (enqueue_tx
+    checked it), the CSMS's answer turned into the queue's outcome."""
+
+    async def send(message: QueuedMessage) -> SendOutcome:
+        try:
+            answer = await rpc.call(message.action, message.payload,
+                                    unique_id=message.message_id,
+                                    checked=message.action == "TransactionEvent")
+        except OcppCallError:
+            return SendOutcome.REJECTED
+        except CallTimeoutError:
+            return SendOutcome.TIMEOUT
+        except websockets.ConnectionClosed:
+            return SendOutcome.DISCONNECTED
+        if message.action == "TransactionEvent":
+            on_transaction_answer(message.payload, answer)
+        return SendOutcome.DELIVERED
+
+    return send
