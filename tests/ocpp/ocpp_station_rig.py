@@ -106,6 +106,14 @@ class StationRig:
         status: dict[str, Any] = self.do("status")["status"]
         return status
 
+    async def plug_and_tap(self, token: str = "CARD1") -> None:
+        """The usual start once booted: the CSMS knows the card, a car plugs in, the card is
+        presented at the reader."""
+        await self.csms.next_call("StatusNotification")
+        self.csms.tokens[token] = "Accepted"
+        self.do("plug", profile="compact_3p")
+        self.do("tap", id_token=token)
+
     async def until(self, condition: Callable[[], Any], timeout: float = 30.0,
                     step: float = 0.01) -> Any:
         async def poll() -> Any:

@@ -192,10 +192,7 @@ def test_r_der_controls_on_a_bidirectional_board_and_not_supported_elsewhere(tmp
 def test_q_notify_allowed_energy_transfer_for_the_running_transaction(tmp_path):
     async def body(rig: StationRig) -> None:
         csms = rig.csms
-        await csms.next_call("StatusNotification")
-        csms.tokens["CARD1"] = "Accepted"
-        rig.do("plug", profile="compact_3p")
-        rig.do("tap", id_token="CARD1")
+        await rig.plug_and_tap()
         started = await csms.next_call("TransactionEvent",
                                        where=lambda p: p["eventType"] == "Started")
         tx_id = started["transactionInfo"]["transactionId"]

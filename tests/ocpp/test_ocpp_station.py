@@ -156,10 +156,7 @@ def test_f01_f03_remote_start_and_stop(tmp_path):
 def test_k01_set_charging_profile_reaches_the_pwm(tmp_path):
     async def body(rig: StationRig) -> None:
         csms = rig.csms
-        await csms.next_call("StatusNotification")
-        rig.do("plug", profile="compact_3p")
-        csms.tokens["CARD1"] = "Accepted"
-        rig.do("tap", id_token="CARD1")
+        await rig.plug_and_tap()
         await rig.until(lambda: rig.status()["contactor"])
         assert rig.status()["offered_a"] > 30
         answer = await csms.request(IDENTITY, "SetChargingProfile", {
@@ -185,10 +182,7 @@ def test_k01_set_charging_profile_reaches_the_pwm(tmp_path):
 def test_k12_a_local_limit_is_reported_to_the_csms(tmp_path):
     async def body(rig: StationRig) -> None:
         csms = rig.csms
-        await csms.next_call("StatusNotification")
-        rig.do("plug", profile="compact_3p")
-        csms.tokens["CARD1"] = "Accepted"
-        rig.do("tap", id_token="CARD1")
+        await rig.plug_and_tap()
         await rig.until(lambda: rig.status()["contactor"])
         rig.do("limit", source="grid_14a", amps=6, reason="§14a dimming")
         notify = await csms.next_call("NotifyChargingLimit")
@@ -204,10 +198,7 @@ def test_k12_a_local_limit_is_reported_to_the_csms(tmp_path):
 def test_b11_reset_immediate_ends_the_transaction_and_reboots(tmp_path):
     async def body(rig: StationRig) -> None:
         csms = rig.csms
-        await csms.next_call("StatusNotification")
-        rig.do("plug", profile="compact_3p")
-        csms.tokens["CARD1"] = "Accepted"
-        rig.do("tap", id_token="CARD1")
+        await rig.plug_and_tap()
         await csms.next_call("TransactionEvent", where=lambda p: p["eventType"] == "Started")
         answer = await csms.request(IDENTITY, "Reset", {"type": "Immediate"})
         assert answer["status"] == "Accepted"
@@ -229,10 +220,7 @@ def test_b11_reset_immediate_ends_the_transaction_and_reboots(tmp_path):
 def test_b12_reset_on_idle_waits_for_the_transaction(tmp_path):
     async def body(rig: StationRig) -> None:
         csms = rig.csms
-        await csms.next_call("StatusNotification")
-        rig.do("plug", profile="compact_3p")
-        csms.tokens["CARD1"] = "Accepted"
-        rig.do("tap", id_token="CARD1")
+        await rig.plug_and_tap()
         await csms.next_call("TransactionEvent", where=lambda p: p["eventType"] == "Started")
         answer = await csms.request(IDENTITY, "Reset", {"type": "OnIdle"})
         assert answer["status"] == "Scheduled"
@@ -412,10 +400,7 @@ def test_e03_authorized_first_then_no_car_within_the_connection_timeout(tmp_path
 def test_e_a_ground_fault_is_the_stop_reason_not_the_cable(tmp_path):
     async def body(rig: StationRig) -> None:
         csms = rig.csms
-        await csms.next_call("StatusNotification")
-        csms.tokens["CARD1"] = "Accepted"
-        rig.do("plug", profile="compact_3p")
-        rig.do("tap", id_token="CARD1")
+        await rig.plug_and_tap()
         await rig.until(lambda: rig.status()["contactor"])
         rig.do("fault", name="rcd_trip")
         await rig.until(lambda: not rig.status()["contactor"])
