@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SETUP_INPUTS := pyproject.toml tools/setup.sh tests/peers/ocpp_rpc/package-lock.json
 STAMP := $(VENV)/.setup-$(shell cat $(SETUP_INPUTS) | sha1sum | cut -c1-12)
 # Debian packages the test suite needs; tools/setup.sh installs the missing ones with apt-get.
-SYSTEM_PACKAGES :=
+SYSTEM_PACKAGES := mosquitto socat
 
 .PHONY: setup run test lint typecheck unit bench soak clean
 

@@ -20,6 +20,11 @@ from bench import (
     Result,
     Spec,
     cold_start,
+    ems_allocation,
+    ems_capture,
+    ems_day,
+    ems_meter_poll,
+    ems_oracle,
     latency,
     ocpp_latency,
     ocpp_memory,
@@ -38,6 +43,11 @@ BENCHMARKS: list[tuple[Spec, Run]] = [
     (ocpp_latency.SPEC, lambda a: ocpp_latency.run(a.events)),
     (ocpp_replay.SPEC, lambda a: ocpp_replay.run()),
     (ocpp_memory.SPEC, lambda a: ocpp_memory.run()),
+    (ems_day.SPEC, lambda a: ems_day.run()),
+    (ems_allocation.SPEC, lambda a: ems_allocation.run()),
+    (ems_meter_poll.SPEC, lambda a: ems_meter_poll.run()),
+    (ems_oracle.SPEC, lambda a: ems_oracle.run()),
+    (ems_capture.SPEC, lambda a: ems_capture.run()),
 ]
 
 

@@ -39,6 +39,8 @@ TOKEN_TYPES = ("Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local", "
 
 
 if TYPE_CHECKING:
+    from ems.site import SiteConfig
+    from firmware.ems_port import LinkSettings, LocalEms, RemoteEms
     from firmware.ocpp.station import Station
 
 
@@ -60,6 +62,8 @@ class RunOptions:
     status_every: float | None = None  # clock seconds between status lines
     log: str | None = None            # file path, "-" for stderr; default data_dir/voltpilot.log
     ocpp: Path | None = None          # the OCPP settings file; None runs without a CSMS
+    ems: Path | None = None           # a site file: run the energy manager in-process
+    ems_link: Path | None = None      # a link file: follow a stand-alone EMS over MQTT
 
 
 @contextlib.contextmanager
@@ -93,13 +97,6 @@ class Controller:
         self.table = CommandTable(plant_commands(self.hw.plant) if self.hw.plant else [])
         for command in self._controller_commands():
             self.table.add(command)
-        self.scenario: Scenario | None = None
-        if opts.scenario is not None:
-            self.scenario = load_scenario(opts.scenario, self.table)
-        if opts.virtual_time and opts.duration is None and not (
-                self.scenario and self.scenario.stops):
-            raise RunError("virtual time runs as fast as it can: give --duration or a scenario "
-                           "with a 'stop' action")
         self.ocpp_settings: OcppSettings | None = None
         if opts.ocpp is not None:
             try:
@@ -107,6 +104,36 @@ class Controller:
             except OcppSettingsError as exc:
                 raise RunError(str(exc)) from exc
         self.station: Station | None = None
+        self.site: SiteConfig | None = None
+        self.ems_link: LinkSettings | None = None
+        if opts.ems is not None or opts.ems_link is not None:
+            if opts.ems is not None and opts.ems_link is not None:
+                raise RunError("--ems runs the energy manager here, --ems-link follows one "
+                               "elsewhere: give one of them")
+            from ems.config_error import ConfigError  # noqa: PLC0415
+            from firmware.ems_port import load_link, load_local_site  # noqa: PLC0415
+            try:
+                if opts.ems is not None:
+                    self.site = load_local_site(opts.ems, board)
+                else:
+                    assert opts.ems_link is not None
+                    self.ems_link = load_link(opts.ems_link)
+            except ConfigError as exc:
+                raise RunError(str(exc)) from exc
+        self.ems: LocalEms | RemoteEms | None = None
+        if self.site is not None:
+            from firmware.ems_port import LocalEms, ems_command  # noqa: PLC0415
+
+            self.table.add(ems_command(
+                lambda: self.ems if isinstance(self.ems, LocalEms) else None, clock))
+        # Last, so a scenario may use every command (the EMS's too).
+        self.scenario: Scenario | None = None
+        if opts.scenario is not None:
+            self.scenario = load_scenario(opts.scenario, self.table)
+        if opts.virtual_time and opts.duration is None and not (
+                self.scenario and self.scenario.stops):
+            raise RunError("virtual time runs as fast as it can: give --duration or a scenario "
+                           "with a 'stop' action")
         self.restart_requested = False
         self.log = logs.get("app")
         self._status_tty = False
@@ -210,9 +237,16 @@ class Controller:
                       "class": b.cls.name.lower() if b else None,
                       "reason": b.reason if b else None},
             "wakeups": v.state.wakeups_total, "authorized": c.authorized,
+            "phases": v.phases,
+            "phase_switch": {"stage": v.phase_switch.stage.value,
+                             "switches": v.phase_switch.switches,
+                             "refused": v.phase_switch.refused.value
+                             if v.phase_switch.refused else None,
+                             "request": v.phase_request.phases if v.phase_request else None},
             "session": None if s is None else {
                 "id": s.id, "status": s.status.value, "energy_wh": s.energy_wh,
                 "wakeups": s.wakeups, "faults": [f.value for f in s.faults]},
+            **({"ems": self.ems.status()} if self.ems is not None else {}),
         }}
 
     # ---- running ---------------------------------------------------------------------------------
@@ -262,6 +296,16 @@ class Controller:
                 raise RunError(f"cannot start the OCPP station in {opts.data_dir}: "
                                f"{exc}") from exc
             self.station.start()
+        if self.site is not None or self.ems_link is not None:
+            from firmware.ems_port import LocalEms, RemoteEms  # noqa: PLC0415
+
+            if self.site is not None:
+                self.ems = LocalEms(self.site, self.connector, self.limits, self.clock,
+                                    opts.data_dir)
+            else:
+                assert self.ems_link is not None
+                self.ems = RemoteEms(self.ems_link, self.connector, self.limits, self.clock)
+            self.ems.start()
         self.hw.start()
         self.connector.start()
         freeze_startup_heap()
@@ -280,6 +324,8 @@ class Controller:
         finally:
             # The contactor opens before anything else is torn down.
             self.connector.shutdown(StopReason.CONTROLLER_SHUTDOWN)
+            if self.ems is not None:
+                await self.ems.stop()
             if self.station is not None:
                 await self.station.stop()
             for task in tasks:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ems import cli as ems_cli
 from firmware.app import EXIT_RESTART, RunError, RunOptions, data_dir_lock, run
 from firmware.core.reasons import FAULT_RULES, FaultCode
 from firmware.scenario import MAX_AT_S, ScenarioError
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
                    "(default <data-dir>/voltpilot.log)")
     r.add_argument("--ocpp", type=Path, help="OCPP settings file (docs/ocpp.md): connect to "
                    "a CSMS")
+    r.add_argument("--ems", type=Path, help="site file (docs/ems.md): run the local energy "
+                   "manager in-process for this charge point")
+    r.add_argument("--ems-link", type=Path, help="link file (docs/ems-mqtt.md): follow a "
+                   "stand-alone `voltpilot ems` over MQTT")
 
     sub.add_parser("boards", help="list the boards that exist")
 
@@ -65,18 +70,22 @@ def parser() -> argparse.ArgumentParser:
                        "the controller is stopped)")
     f.add_argument("--data-dir", type=Path, default=default_data)
     f.add_argument("--reset", nargs="*", metavar="CODE", help="clear these (all if none named)")
+    ems_cli.add_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(ems_cli.normalise(list(sys.argv[1:] if argv is None else argv)))
+    if args.command == "ems":
+        return ems_cli.main(args)
     try:
         if args.command == "run":
             board = load_board(args.board)
             code = run(board, RunOptions(
                 virtual_time=args.virtual_time, scenario=args.scenario, duration=args.duration,
                 data_dir=args.data_dir, status=args.status, status_every=args.status_every,
-                log=args.log, ocpp=args.ocpp))
+                log=args.log, ocpp=args.ocpp, ems=args.ems,
+                ems_link=args.ems_link))
             if code == EXIT_RESTART:
                 # A reset from the CSMS: start again as a fresh process, as a reboot would.
                 sys.stdout.flush()

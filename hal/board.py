@@ -50,6 +50,7 @@ class Role(Enum):
     INPUTS = "inputs"
     TEMPERATURE = "temperature"
     WATCHDOG = "watchdog"
+    PHASE_SWITCH = "phase_switch"
 
 
 # A board cannot charge without these; every other role may be "none" (absent on that board).
@@ -82,6 +83,11 @@ class Charging:
     ventilation: bool = _p(False, "the site ventilates, so state D may charge")
     free_mode: bool = _p(True, "charge without authorization (no OCPP yet)")
     rcd_self_test_on_plug: bool = _p(True, "test the RCD before the first closing of a session")
+    phase_switching: bool = _p(False, "switch between 1 and 3 phases when asked (needs a 3-phase "
+                               "board, a phase_switch role and hlc = false)")
+    phase_switch_pause: str = _p("x1", "pilot while the contactor is open for a phase switch: x1, "
+                                 "or f during the dwell (EVerest switch_3ph1ph_cp_state)",
+                                 choices=("x1", "f"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +126,18 @@ class Timing:
                                 lo=1.0, hi=600.0)
     wakeup_max_attempts: int = _p(1, "wake-ups per offer of PWM (EVerest: one)", lo=0, hi=10)
     watchdog_s: float = _p(5.0, "hardware watchdog window; 0 disarms it", lo=0.0, hi=60.0)
+    phase_switch_dwell_s: float = _p(5.0, "contactor open this long before the phase relay "
+                                     "switches (with settle: EVerest switch_3ph1ph_delay_s 10 s)",
+                                     lo=2.0, hi=60.0)
+    phase_switch_settle_s: float = _p(5.0, "after the phase relay, wait this long before PWM is "
+                                      "offered again", lo=1.0, hi=60.0)
+    phase_relay_feedback_s: float = _p(1.0, "the phase relay's feedback must follow within this",
+                                       lo=0.05, hi=5.0)
+    phase_switch_min_interval_s: float = _p(60.0, "least time between two phase switches (relay "
+                                            "wear, the car's charger)", lo=0.0, hi=3600.0)
+    phase_switch_resume_s: float = _p(60.0, "after a switch the car has this long to draw again "
+                                      "before the switch is reported as not resumed",
+                                      lo=5.0, hi=600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,11 +361,31 @@ def _check_consistency(board: Board) -> None:
     if board.ratings.bidirectional:
         raise BoardError(f"{where}: [ratings] bidirectional: expected false; discharging needs "
                          "the interface protection that arrives with the grid issue")
+    _check_phase_switching(board)
     t = board.timing
     if 0 < t.watchdog_s < 2 * t.tick_s:
         raise BoardError(f"{where}: [timing] watchdog_s: expected 0 (off) or at least twice "
                          f"tick_s ({2 * t.tick_s}), got {t.watchdog_s}: the controller kicks it "
                          "once per tick")
+
+
+def _check_phase_switching(board: Board) -> None:
+    where = board.path
+    if board.has(Role.PHASE_SWITCH) and board.ratings.phases != 3:
+        raise BoardError(f"{where}: [roles] phase_switch: expected \"none\" on a board with "
+                         f"[ratings] phases = {board.ratings.phases}: there is nothing to switch")
+    if not board.charging.phase_switching:
+        return
+    if board.ratings.phases != 3:
+        raise BoardError(f"{where}: [charging] phase_switching: expected false on a board with "
+                         f"[ratings] phases = {board.ratings.phases}; switching needs 3 phases")
+    if not board.has(Role.PHASE_SWITCH):
+        raise BoardError(f"{where}: [charging] phase_switching: expected false without a "
+                         "[roles] phase_switch (the relay that energises 1 or 3 phases)")
+    if board.charging.hlc:
+        raise BoardError(f"{where}: [charging] phase_switching: expected false with [charging] "
+                         "hlc = true; phases are switched in basic charging only (ISO 15118 "
+                         "would have to renegotiate)")
 
 
 def describe_parameters() -> dict[str, list[tuple[str, Any, str]]]:

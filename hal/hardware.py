@@ -14,6 +14,7 @@ from hal.roles import (
     DigitalInputs,
     GridMonitor,
     Indicator,
+    PhaseSwitch,
     PowerMeter,
     ProximityPilot,
     Rcd,
@@ -40,6 +41,7 @@ class Hardware:
     inputs: DigitalInputs | None = None
     temperature: TemperatureSensor | None = None
     watchdog: Watchdog | None = None
+    phase_switch: PhaseSwitch | None = None
     # The simulated plant behind the "sim" backends, for the control interface and scenarios.
     plant: Plant | None = None
     driver: sim.PlantDriver | None = None
@@ -82,6 +84,7 @@ def open_hardware(board: Board, clock: Clock) -> Hardware:
         inputs=pick(Role.INPUTS, sim.SimInputs(plant)),
         temperature=pick(Role.TEMPERATURE, sim.SimTemperature(plant)),
         watchdog=pick(Role.WATCHDOG, sim.SimWatchdog(plant)),
+        phase_switch=pick(Role.PHASE_SWITCH, sim.SimPhaseSwitch(plant)),
         plant=plant,
         driver=sim.PlantDriver(plant),
     )

@@ -165,3 +165,17 @@ class Watchdog(Protocol):
     def disarm(self) -> None: ...
 
     def tripped(self) -> bool: ...
+
+
+class PhaseSwitch(Protocol):
+    """The relay (often called C2) that energises one or all three phases behind the main
+    contactor. It must only be switched while the main contactor is open: the controller's
+    sequence guarantees that, the role does not."""
+
+    def set_phases(self, n: int) -> None:
+        """Energise ``n`` phases (1 or 3)."""
+        ...
+
+    def phases(self) -> int:
+        """How many phases the relay's feedback says are energised now."""
+        ...

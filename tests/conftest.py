@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, settings
 
 from hal.board import Board, load_board
 
+pytest_plugins = ["mqtt_broker"]
+
 # `make test` runs a bounded number of examples; `make soak` runs many more.
 settings.register_profile("ci", max_examples=150, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -74,7 +74,8 @@ def test_sim_board_has_documented_values() -> None:
     assert isinstance(board.ratings.phases, int)
     assert board.connector.cable == "socket"
     assert board.charging == Charging(min_current_a=6.0, hlc=False, ventilation=False,
-                                      free_mode=True, rcd_self_test_on_plug=True)
+                                      free_mode=True, rcd_self_test_on_plug=True,
+                                      phase_switching=True)
     assert board.roles == dict.fromkeys(Role, "sim")
     assert all(board.has(role) for role in Role)
     # [timing] sets tick_s only; every other timing takes its default.

@@ -26,6 +26,7 @@ from firmware.core.duty import (
     pwm_for_current,
 )
 from firmware.core.limits import EffectiveLimit
+from firmware.core.phase_switch import Hold
 from firmware.core.reasons import FAULT_RULES, FaultCode, Recovery, StopReason, SuspendReason
 from firmware.core.safety import Observation, RcdTest, clears, supervise
 from hal.board import Board, Role
@@ -59,6 +60,8 @@ class Inputs:
     pp_fault: bool = False
     meter: MeterReading | None = None
     temperature_c: float | None = None
+    # A phase switch holds charging (firmware/core/phase_switch.py): a pause like a low limit's.
+    hold: Hold | None = None
 
 
 class EventKind(Enum):
@@ -195,13 +198,19 @@ def step(s: ChargerState, inp: Inputs, now: float, board: Board) -> Step:
     elif not plugged:
         phase, suspend, pilot = Phase.IDLE, None, X1
         wakeups_total = 0
+    elif inp.hold is not None:
+        # State F only once the contactor is open: with it closed, X1 and the under-load rule
+        # below let the car stop drawing first.
+        phase, suspend = Phase.PAUSED_EVSE, SuspendReason.PHASE_SWITCH
+        pilot = STATE_F if inp.hold is Hold.F and not s.contactor else X1
     else:
         blocked = _blocked(inp, board)
         min_a = board.charging.min_current_a
         if blocked is not None:
             phase, suspend, pilot = Phase.CONNECTED, blocked, X1
         elif inp.limit.amps < min_a or (
-                s.phase is Phase.PAUSED_EVSE and now < s.phase_since + t.min_pause_s):
+                s.phase is Phase.PAUSED_EVSE and s.suspend is SuspendReason.LIMIT_BELOW_MINIMUM
+                and now < s.phase_since + t.min_pause_s):
             if s.phase is not Phase.PAUSED_EVSE:
                 phase = Phase.PAUSED_EVSE
             elif inp.limit.amps >= min_a:

@@ -95,4 +95,5 @@ class SuspendReason(Enum):
     EV_NOT_RESPONDING = "ev_not_responding"  # wake-up tried and the car still does not start
     WAKING_EV = "waking_ev"
     RECLOSE_DELAY = "reclose_delay"
+    PHASE_SWITCH = "phase_switch"          # switching between 1 and 3 phases
     FAULT = "fault"

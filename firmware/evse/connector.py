@@ -17,11 +17,21 @@ from typing import Any
 
 from firmware import logs
 from firmware.core import iec61851 as core
+from firmware.core import phase_switch
 from firmware.core.duty import PilotMode
-from firmware.core.iec61851 import ChargerState, Command, EventKind, Inputs, Step
+from firmware.core.iec61851 import ChargerState, Command, EventKind, Inputs, Phase, Step
 from firmware.core.limits import EffectiveLimit, Limit, LimitSource, arbitrate
+from firmware.core.phase_switch import (
+    PhaseEvent,
+    PhaseEventKind,
+    PhaseInputs,
+    PhaseRequest,
+    PhaseStep,
+    PhaseSwitchState,
+    energised_phases,
+)
 from firmware.core.proximity import cable_ampacity
-from firmware.core.reasons import FAULT_RULES, FaultCode, Recovery, StopReason
+from firmware.core.reasons import FAULT_RULES, FaultCode, Recovery, StopReason, SuspendReason
 from firmware.core.safety import RcdTest, thermal_limit
 from firmware.evse.limit_port import LimitPort
 from firmware.evse.session import Session
@@ -34,6 +44,8 @@ from hal.roles import IndicatorState, MeterReading
 # An open session's energy is written to the store this often (clock seconds), so a crash
 # loses at most this much of its record.
 CHECKPOINT_S = 60.0
+# A phase carrying more than this is energised: above meter noise and a car's standby draw.
+DRAWING_A = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,9 @@ class View:
     limit: EffectiveLimit
     meter: MeterReading | None
     session: Session | None
+    phases: int                          # energised now: what watts are converted over
+    phase_switch: PhaseSwitchState       # stage, switches so far, refusal, last outcome
+    phase_request: PhaseRequest | None
 
 
 class Connector:
@@ -65,6 +80,10 @@ class Connector:
         self.limit = EffectiveLimit(0.0, None, (), False)
         self.meter: MeterReading | None = None
         self.rcd_test = RcdTest.NOT_RUN
+        self.phase_switch = PhaseSwitchState()
+        self.relay_phases: int | None = None  # the phase relay's latest feedback
+        self.phases = board.ratings.phases    # what watts are converted over
+        self._relay_distrusted = False        # the meter contradicted the relay this session
         self.session_listeners: list[Callable[[Session], None]] = []
         # Called after every step with its result: status pushers (and the soak test) use it.
         self.step_listeners: list[Callable[[Step], None]] = []
@@ -183,14 +202,53 @@ class Connector:
         result = core.step(self.state, inputs, now, self.board)
         self._apply(result.command)
         self.state = result.state
+        switch = self._step_phases(result, inputs, now)
         self.last = result
         self._record(result, now)
+        self._record_phases(switch.events)
         if self.hw.watchdog is not None:
             self.hw.watchdog.kick()
-        self._wake_at = result.wake_at
+        wakes = [w for w in (result.wake_at, switch.wake_at) if w is not None]
+        self._wake_at = min(wakes) if wakes else None
         self._reschedule(now)
         for listener in self.step_listeners:
             listener(result)
+
+    def _step_phases(self, result: Step, inputs: Inputs, now: float) -> PhaseStep:
+        """The phase-switch sequence, after the state machine has decided about the contactor:
+        it sees this step's contactor command and commands the relay only behind it."""
+        fb = inputs.feedback
+        reads_open = fb.aux_closed is not True and fb.voltage_present is not True
+        s = result.state
+        before = phase_switch.hold(self.phase_switch, self.board)
+        switch = phase_switch.step(self.phase_switch, PhaseInputs(
+            request=self.limits.phase_request(), relay=self.relay_phases,
+            contactor=result.command.contactor, contactor_changed_at=s.contactor_changed_at,
+            contactor_reads_open=reads_open,
+            held=s.suspend is SuspendReason.PHASE_SWITCH or not s.plugged,
+            charging=s.phase is Phase.CHARGING, plugged=s.plugged, faulted=bool(s.faults)),
+            now, self.board)
+        if switch.relay is not None:
+            self._switch_relay(switch.relay, reads_open)
+        self.phase_switch = switch.state
+        if switch.relay is not None or phase_switch.hold(switch.state, self.board) != before:
+            self._again = True  # the state machine takes up the hold, we read the relay: now
+        return switch
+
+    def _switch_relay(self, phases: int, reads_open: bool) -> None:
+        relay, applied = self.hw.phase_switch, self._applied
+        if relay is None or applied is None or applied.contactor or not reads_open:
+            # The sequence never asks for this; if it did, the step fails safe (contactor open,
+            # state F) rather than move the relay under load.
+            raise RuntimeError(f"phase relay to {phases} refused: the contactor is not open")
+        try:
+            relay.set_phases(phases)
+        except Exception as exc:
+            # The contactor is open, so nothing is at risk: the sequence sees the feedback not
+            # follow and gives this request up (relay_not_following) instead of failing the
+            # step, which would show state F and retry after every dwell.
+            logs.log(self.log, "phase_relay_failed", logging.ERROR, connector=self.number,
+                     phases=phases, error=repr(exc))
 
     def _take_over_from_watchdog(self, now: float) -> None:
         watchdog = self.hw.watchdog
@@ -222,7 +280,9 @@ class Connector:
         derate = thermal_limit(temp, board)
         if derate is not None:
             active.append(derate)
-        self.limit = arbitrate(active, now, phases=board.ratings.phases,
+        self.relay_phases = hw.phase_switch.phases() if hw.phase_switch is not None else None
+        self.phases = self._energised()
+        self.limit = arbitrate(active, now, phases=self.phases,
                                voltage_v=board.ratings.nominal_voltage_v,
                                boost=self.limits.boost)
         return Inputs(
@@ -231,7 +291,21 @@ class Connector:
             rcd_tripped=hw.rcd.tripped() if hw.rcd is not None else False,
             rcd_test=self.rcd_test,
             lock=hw.lock.state() if hw.lock is not None else None,
-            pp_fault=pp_fault, meter=self.meter, temperature_c=temp)
+            pp_fault=pp_fault, meter=self.meter, temperature_c=temp,
+            hold=phase_switch.hold(self.phase_switch, board))
+
+    def _energised(self) -> int:
+        """Watts become amps over the phases really energised, never over a wish: the relay's
+        feedback, unless the meter has seen current on more phases this session. Then the
+        feedback is wrong, and until the car is unplugged all the board's phases count (fewer
+        amps per phase), rather than flip back each time the car pauses."""
+        phases = energised_phases(self.relay_phases, self.board)
+        drawing = sum(1 for a in self.meter.current_a if a > DRAWING_A) if self.meter else 0
+        if drawing > phases and not self._relay_distrusted:
+            self._relay_distrusted = True
+            logs.log(self.log, "phase_relay_feedback_wrong", logging.ERROR,
+                     connector=self.number, relay=self.relay_phases, drawing=drawing)
+        return self.board.ratings.phases if self._relay_distrusted else phases
 
     def _apply(self, cmd: Command) -> None:
         hw, prev = self.hw, self._applied
@@ -297,6 +371,21 @@ class Connector:
                 self._checkpoint_at = now + CHECKPOINT_S
         self._maybe_test_rcd()
 
+    def _record_phases(self, events: tuple[PhaseEvent, ...]) -> None:
+        for event in events:
+            session = self.session
+            data: dict[str, Any] = {k: getattr(v, "value", v) for k, v in (
+                ("target", event.target), ("phases", event.phases), ("refusal", event.refusal),
+                ("abort", event.abort), ("outcome", event.outcome), ("count", event.count),
+                ("reason", event.reason)) if v is not None}
+            level = logging.WARNING if event.kind is PhaseEventKind.ABORTED else logging.INFO
+            logs.log(self.log, event.kind.value, level, connector=self.number,
+                     session=session.id if session else None, **data)
+            self.store.add_event(session.id if session else None, self.number, iso(event.at),
+                                 event.kind.value, data)
+            if event.kind is PhaseEventKind.SWITCHED and session is not None:
+                session.phase_switches += 1
+
     def _start_session(self, now: float) -> None:
         self.session = Session(connector=self.number, started_at=now,
                                meter_start_wh=self.meter.energy_wh if self.meter else None)
@@ -319,9 +408,10 @@ class Connector:
                                  wakeups=s.wakeups, faults=[f.value for f in s.faults])
         logs.log(self.log, "session_finished", connector=self.number, session=s.id,
                  stop=reason, energy_wh=round(s.energy_wh, 1), wakeups=s.wakeups,
-                 faults=[f.value for f in s.faults])
+                 phase_switches=s.phase_switches, faults=[f.value for f in s.faults])
         self.session = None
         self.rcd_test = RcdTest.NOT_RUN
+        self._relay_distrusted = False
         if self._rcd_task is not None:
             self._rcd_task.cancel()
             self._rcd_task = None
@@ -351,7 +441,9 @@ class Connector:
     def view(self) -> View:
         last = self.last
         return View(iec=last.iec if last else "A", state=self.state, limit=self.limit,
-                    meter=self.meter, session=self.session)
+                    meter=self.meter, session=self.session,
+                    phases=self.phases,
+                    phase_switch=self.phase_switch, phase_request=self.limits.phase_request())
 
 
 def _known_faults(codes: list[str], store: Store) -> frozenset[FaultCode]:

@@ -3,6 +3,10 @@
 Each source holds at most one limit per connector; submitting again replaces it, withdrawing
 removes it. Listeners (the connector) are called at once, so a lower limit reaches the PWM in the
 same turn of the event loop.
+
+The same door takes the one wish that is not a ceiling: how many phases to charge on (the energy
+manager decides when 1p/3p switching pays; the connector decides whether and how it can be done
+safely, and shows in its view what it did or why it refused).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from firmware.core.limits import Limit, LimitSource
+from firmware.core.phase_switch import PhaseRequest
 
 Listener = Callable[[], None]
 
@@ -19,6 +24,8 @@ class LimitPort:
         self._limits: dict[LimitSource, Limit] = {}
         self._listeners: list[Listener] = []
         self.boost = False
+        self._phases: PhaseRequest | None = None
+        self._serial = 0
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -36,6 +43,25 @@ class LimitPort:
         if on != self.boost:
             self.boost = on
             self._notify()
+
+    def request_phases(self, n: int | None, reason: str) -> None:
+        """Ask to charge on ``n`` phases (1 or 3; None: the board's own count). The request
+        stands until replaced, like a limit, so sending the same count every cycle is harmless:
+        only a different count is a new request (and a new chance after a failed switch). A
+        count the board cannot switch to is refused by the connector, with a reason."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+            raise ValueError(f"phases must be a whole number or None, got {n!r}")
+        current = self._phases
+        if current is not None and current.phases == n:
+            if current.reason != reason:
+                self._phases = PhaseRequest(n, reason, current.serial)
+            return
+        self._serial += 1
+        self._phases = PhaseRequest(n, reason, self._serial)
+        self._notify()
+
+    def phase_request(self) -> PhaseRequest | None:
+        return self._phases
 
     def limits(self) -> list[Limit]:
         return list(self._limits.values())

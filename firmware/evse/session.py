@@ -30,6 +30,7 @@ class Session:
     energy_wh: float = 0.0
     max_power_w: float = 0.0
     wakeups: int = 0
+    phase_switches: int = 0
     faults: list[FaultCode] = field(default_factory=list)
     charged: bool = False
     charging_s: float = 0.0

@@ -160,6 +160,17 @@ class SimWatchdog:
         return self._plant.watchdog.tripped
 
 
+class SimPhaseSwitch:
+    def __init__(self, plant: Plant) -> None:
+        self._plant = plant
+
+    def set_phases(self, n: int) -> None:
+        self._plant.drive_phase_relay(n)
+
+    def phases(self) -> int:
+        return self._plant.energised_phases()
+
+
 class PlantDriver:
     """Runs the plant on the event loop: it advances the plant whenever the plant says it will
     change by itself (a car reacting, a battery filling, a watchdog running out)."""

@@ -35,6 +35,7 @@ class PlantFault(Enum):
     PP_CUT = "pp_cut"                          # the cable's PP line is open
     METER_SILENT = "meter_silent"              # the meter stops answering
     TEMP_SENSOR_LOST = "temp_sensor_lost"
+    PHASE_RELAY_STUCK = "phase_relay_stuck"    # the 1p/3p relay does not move
 
 
 Listener = Callable[[], None]
@@ -80,6 +81,12 @@ class Plant:
     meter_energy_wh: float = 0.0
     meter_sample: MeterReading | None = None
     watchdog: _Watchdog = field(default_factory=_Watchdog)
+    # The 1p/3p relay behind the contactor: how many of the wired phases it energises (0: all),
+    # how often it moved, and how often it moved with the contactor closed or commanded closed:
+    # a switch under load, which must never happen (some cars' chargers do not survive it).
+    relay_phases: int = 0
+    relay_switches: int = 0
+    switched_under_load: int = 0
     last_t: float = 0.0
     _cp_listeners: list[Listener] = field(default_factory=list)
     _rcd_listeners: list[Listener] = field(default_factory=list)
@@ -88,6 +95,8 @@ class Plant:
     def __post_init__(self) -> None:
         if not self.grid_v:
             self.grid_v = (self.nominal_voltage_v,) * 3
+        if not self.relay_phases:
+            self.relay_phases = self.phases
         self.last_t = self.clock.now()
         self._sample_meter(self.last_t)
         self._last_cp = self.cp_reading()
@@ -142,11 +151,14 @@ class Plant:
         if ev is None or not self._powered():
             return (0.0, 0.0, 0.0)
         amps = ev.draw_a(True)
-        used = min(ev.profile.phases, self.phases)
+        used = min(ev.profile.phases, self.energised_phases())
         return tuple(amps if i < used else 0.0 for i in range(3))  # type: ignore[return-value]
 
     def _phase_power_w(self) -> tuple[float, ...]:
         return tuple(v * i for v, i in zip(self.grid_v, self._phase_currents(), strict=True))
+
+    def energised_phases(self) -> int:
+        return min(self.relay_phases, self.phases)
 
     def grid_live(self) -> bool:
         return any(v > 0.5 * self.nominal_voltage_v for v in self.grid_v)
@@ -201,6 +213,18 @@ class Plant:
                 self.contactor_closed = True
         elif PlantFault.CONTACTOR_WELD not in self.faults or not self.contactor_closed:
             self.contactor_closed = False
+        self._changed()
+
+    def drive_phase_relay(self, phases: int) -> None:
+        if phases not in (1, 3) or phases > self.phases:
+            raise PlantError(f"the phase relay energises 1 or {self.phases} phases, not {phases}")
+        self.advance()
+        if phases != self.relay_phases:
+            if self.contactor_cmd or self.contactor_closed:
+                self.switched_under_load += 1  # asked under load, whether it moves or not
+            if PlantFault.PHASE_RELAY_STUCK not in self.faults:
+                self.relay_phases = phases
+                self.relay_switches += 1
         self._changed()
 
     def drive_lock(self, locked: bool) -> None:
@@ -381,6 +405,8 @@ class Plant:
             "inputs": dict(self.inputs),
             "faults": sorted(f.value for f in self.faults),
             "watchdog_tripped": self.watchdog.tripped,
+            "phase_relay": {"phases": self.energised_phases(), "switches": self.relay_switches,
+                            "switched_under_load": self.switched_under_load},
             "meter": None if m is None else {
                 "at": m.at, "current_a": list(m.current_a), "power_w": list(m.power_w),
                 "energy_wh": m.energy_wh},

@@ -1,0 +1,156 @@
+"""The energy manager in the controller's process on the sim board, in virtual time: the real
+connector, the real plant, the real arbiter — PV surplus reaches the car as a limit with a
+reason, and a silent EMS leaves a fail-safe current, never the last one."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from rig import Rig
+
+from ems.site import SiteConfig, load_site
+from firmware.core.limits import LimitSource
+from firmware.ems_port import LocalEms
+from hal.sim.ev import PROFILES
+
+ROOT = Path(__file__).resolve().parents[2]
+SIM_SITE = ROOT / "boards/sim/site.toml"
+
+
+def site_at(tmp_path: Path, start: str, extra: str = "") -> SiteConfig:
+    """The sim site with its profile starting at ``start`` (the virtual clock starts at 00:00)."""
+    text = SIM_SITE.read_text().replace('[sim]\n', f'[sim]\nstart = "{start}"\n')
+    text = text.replace('day = "../../tests/data/ems/',
+                        f'day = "{ROOT}/tests/data/ems/') + extra
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return load_site(path)
+
+
+def test_pv_surplus_drives_the_car_and_a_silent_ems_fails_safe(tmp_path: Path) -> None:
+    site = site_at(tmp_path, "11:00")
+
+    async def scenario(rig: Rig) -> None:
+        ems = LocalEms(site, rig.connector, rig.limits, rig.clock, tmp_path)
+        ems.start()
+        service, port = ems.service, ems.port
+        try:
+            # Before the EMS has spoken, the fail-safe current binds.
+            assert rig.connector.limit.binding is not None
+            assert rig.connector.limit.binding.source is LimitSource.SITE_FUSE
+            rig.plant.plug(PROFILES["compact_3p"])
+            # PV mode waits for the surplus to hold (enable delay) before it starts.
+            await rig.until(30.0)
+            assert not rig.plant.contactor_closed
+            await rig.wait_for(lambda: rig.plant.contactor_closed, 200.0, step_s=1.0)
+            await rig.until(600.0)
+            limit = rig.connector.limit
+            assert limit.binding is not None
+            assert limit.binding.source is LimitSource.PV_SURPLUS, limit.binding
+            assert 6.0 <= limit.amps <= 16.0
+            assert "surplus" in limit.binding.reason.lower()
+            assert rig.plant.contactor_closed
+            drawn = rig.connector.view().meter
+            assert drawn is not None and max(drawn.current_a) > 5.0
+            report = service.last_report
+            assert report is not None and all(s.ok for s in report.inputs)
+            # The grid meter reports what the real plant's car draws: the site nearly
+            # balances (PV covers car, house and battery within a few hundred watts).
+            grid = service._readings["grid"]
+            assert grid.power_w is not None and abs(grid.power_w) < 1500.0
+        finally:
+            await service.stop()
+            await ems.inputs.close()
+        # The EMS is gone: within its validity the limits fall back to the fail-safe.
+        await rig.until(rig.t + 3 * site.cycle_s + 1.0)
+        limit = rig.connector.limit
+        assert limit.binding is not None and limit.binding.source is LimitSource.SITE_FUSE
+        assert limit.amps == site.grid.failsafe_a
+        assert "energy manager silent" in limit.binding.reason
+        assert port.failsafe_active
+        port.stop()
+
+    Rig.run(tmp_path, scenario)
+
+
+def test_a_dead_grid_meter_means_the_failsafe_current(tmp_path: Path) -> None:
+    site = site_at(tmp_path, "11:00", extra="")
+
+    async def scenario(rig: Rig) -> None:
+        ems = LocalEms(site, rig.connector, rig.limits, rig.clock, tmp_path)
+        ems.start()
+        service = ems.service
+        grid = next(m for m in service.meters if m.name == "grid")
+        try:
+            rig.plant.plug(PROFILES["compact_3p"])
+            await rig.until(300.0)
+            assert rig.plant.contactor_closed
+
+            async def dead(now: float) -> object:
+                from ems.service import Poll
+                return Poll(None, "timeout")
+
+            grid.poll = dead  # type: ignore[method-assign]
+            await rig.until(rig.t + 10.0 + 2 * site.cycle_s)
+            limit = rig.connector.limit
+            assert limit.binding is not None
+            assert limit.binding.source is LimitSource.SITE_FUSE
+            assert limit.amps == site.grid.failsafe_a
+            assert "grid meter" in limit.binding.reason
+            assert "fail-safe worst_case" in limit.binding.reason
+        finally:
+            await ems.stop()
+
+    Rig.run(tmp_path, scenario)
+
+
+def test_voltpilot_run_with_ems_charges_from_the_sun(tmp_path: Path) -> None:
+    site = site_at(tmp_path, "10:00")
+    scenario = tmp_path / "plug.toml"
+    scenario.write_text('[[action]]\nat = 5\ncmd = "plug"\nprofile = "compact_3p"\n'
+                        '[[action]]\nat = 3590\ncmd = "unplug"\n'
+                        '[[action]]\nat = 3600\ncmd = "stop"\n')
+    log = tmp_path / "log.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "firmware.cli", "run", "--board", "sim", "--virtual-time",
+         "--ems", str(site.path), "--scenario", str(scenario), "--data-dir",
+         str(tmp_path / "var"), "--status", "off", "--log", str(log)],
+        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    text = log.read_text()
+    assert '"event": "ems_decision"' in text
+    kwh = re.search(r"([\d.]+) kWh", done.stdout)
+    assert kwh is not None and float(kwh.group(1)) > 3.0, done.stdout
+    assert (tmp_path / "var" / "ems-kpis.json").exists()
+
+
+def test_the_user_changes_the_mode_with_the_ems_command(tmp_path: Path) -> None:
+    site = site_at(tmp_path, "10:00")
+    scenario = tmp_path / "modes.toml"
+    scenario.write_text('[[action]]\nat = 5\ncmd = "plug"\nprofile = "compact_3p"\n'
+                        '[[action]]\nat = 900\ncmd = "ems"\nmode = "off"\n'
+                        '[[action]]\nat = 1200\ncmd = "ems"\nmode = "now"\n'
+                        'departure = "17:00"\ntarget_kwh = 30\nnever_switch = true\n'
+                        '[[action]]\nat = 1500\ncmd = "stop"\n')
+    log = tmp_path / "log.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "firmware.cli", "run", "--board", "sim", "--virtual-time",
+         "--ems", str(site.path), "--scenario", str(scenario), "--data-dir",
+         str(tmp_path / "var"), "--status", "off", "--log", str(log)],
+        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    decisions = [line for line in log.read_text().splitlines() if "ems_decision" in line]
+    assert any('"mode": "off"' in d and '"reason": "mode off"' in d for d in decisions)
+    assert '"mode": "now"' in decisions[-1]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[action]]\nat = 5\ncmd = "ems"\ndeparture = "7am"\n'
+                   '[[action]]\nat = 6\ncmd = "stop"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "firmware.cli", "run", "--board", "sim", "--virtual-time",
+         "--ems", str(site.path), "--scenario", str(bad), "--data-dir",
+         str(tmp_path / "var2"), "--status", "off"],
+        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 1 and "departure: expected HH:MM" in done.stderr
