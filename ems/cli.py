@@ -15,13 +15,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ems.config_error import ConfigError
-from ems.kpi import format_report
-from ems.kpi import load as load_kpis
-from ems.simulate import DayResult, sim_setup, simulate
-from ems.site import SiteConfig, load_site
+
+if TYPE_CHECKING:
+    from ems.simulate import DayResult, SimSetup
+    from ems.site import SiteConfig
 
 SUBCOMMANDS = ("run", "simulate", "report")
 
@@ -54,6 +54,11 @@ def normalise(argv: list[str]) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Imported here: `voltpilot run` parses this module's options and must start fast.
+    from ems.kpi import format_report  # noqa: PLC0415
+    from ems.kpi import load as load_kpis  # noqa: PLC0415
+    from ems.site import load_site  # noqa: PLC0415
+
     try:
         if args.ems_command == "report":
             print(format_report(load_kpis(args.file)))
@@ -69,6 +74,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _simulate(site: SiteConfig, day: Path | None, out: Path | None, oracle: bool) -> int:
+    from ems.kpi import format_report  # noqa: PLC0415
+    from ems.simulate import sim_setup, simulate  # noqa: PLC0415
+
     setup = sim_setup(site, day)
     midnight = 1_767_225_600.0  # 2026-01-01T00:00Z, the virtual clock's default start
     result = simulate(site, setup.day, setup.cars, midnight=midnight, battery=setup.battery)
@@ -86,7 +94,7 @@ def _simulate(site: SiteConfig, day: Path | None, out: Path | None, oracle: bool
     return 0
 
 
-def _oracle(site: SiteConfig, setup: Any, result: DayResult) -> dict[str, Any]:
+def _oracle(site: SiteConfig, setup: SimSetup, result: DayResult) -> dict[str, Any]:
     from ems.benchmark import compare  # noqa: PLC0415 - scipy only when asked
     comparison = compare(site, setup, result)
     print(comparison.text())

@@ -18,17 +18,28 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from ems.balance import Binding, Budget, Demand, Grant, allocate
 from ems.battery import available_for_ev
 from ems.inputs import Health, InputState, InputStatus, assess, record
 from ems.model import ChargePointState, Command, EmsLimit, Mode, Reading, Triple
 from ems.phase_switch import PhaseState, decide_phases
-from ems.plan import plan_charging
+from ems.plan import PlanKind, plan_charging
 from ems.site import ChargePointConfig, SiteConfig
 from ems.surplus import SurplusState, decide
 from ems.tariff import PricePlan
+
+# The protocol's bound on a reason (docs/ems-mqtt.md); a meter's fault text can be long.
+MAX_REASON = 200
+# What a user boost lifts on the controller (optimisation and tariff classes).
+BOOSTABLE_SOURCES = frozenset({"pv_surplus", "home_battery", "price", "ems_mode"})
+
+
+def _short(lim: EmsLimit) -> EmsLimit:
+    if len(lim.reason) <= MAX_REASON:
+        return lim
+    return replace(lim, reason=lim.reason[:MAX_REASON - 1] + "…")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +47,7 @@ class CpSettings:
     """What a user may change at run time (web page, MQTT, CLI) over the site file."""
 
     mode: Mode
-    departure_at: float | None = None   # clock time of the next departure
+    departure: time | None = None       # every day at this time (UTC)
     target_wh: float | None = None
     never_switch: bool = False          # this car does not take 1p/3p switches
 
@@ -52,6 +63,8 @@ class CpMemory:
 class EmsState:
     inputs: Mapping[str, InputState]
     cps: Mapping[str, CpMemory]
+    ev_phase_a: Triple | None = None  # what the cars drew per site phase last cycle
+    ev_w: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +98,15 @@ def record_reading(state: EmsState, meter: str, reading: Reading | None, now: fl
     return replace(state, inputs=inputs)
 
 
-def default_settings(site: SiteConfig, now: float) -> dict[str, CpSettings]:
-    return {c.id: CpSettings(c.mode, next_departure(c, now), c.target_wh)
-            for c in site.charge_points}
+def default_settings(site: SiteConfig) -> dict[str, CpSettings]:
+    return {c.id: CpSettings(c.mode, c.departure, c.target_wh) for c in site.charge_points}
 
 
-def next_departure(cp: ChargePointConfig, now: float) -> float | None:
-    """The next time of day ``cp.departure`` (UTC) after ``now``."""
-    if cp.departure is None:
-        return None
+def next_departure(departure: time, now: float) -> float:
+    """The next clock time at ``departure`` (UTC) after ``now``: recomputed every cycle, so a
+    daily departure rolls over to the next day once it has passed."""
     day = datetime.fromtimestamp(now, tz=UTC)
-    at = day.replace(hour=cp.departure.hour, minute=cp.departure.minute, second=0,
-                     microsecond=0)
+    at = day.replace(hour=departure.hour, minute=departure.minute, second=0, microsecond=0)
     if at.timestamp() <= now:
         at += timedelta(days=1)
     return at.timestamp()
@@ -108,7 +118,7 @@ def cycle(site: SiteConfig, state: EmsState, now: float,
           ) -> tuple[EmsState, tuple[Command, ...], CycleReport]:
     """One decision for every charge point of the site. ``cps`` holds the charge points'
     latest reports (a missing or stale one counts as drawing nothing and not connected)."""
-    settings = settings or default_settings(site, now)
+    settings = settings or default_settings(site)
     inputs = dict(state.inputs)
     statuses: list[InputStatus] = []
     usable: dict[str, Reading | None] = {}
@@ -120,21 +130,34 @@ def cycle(site: SiteConfig, state: EmsState, now: float,
 
     fresh = {c.id: cps[c.id] for c in site.charge_points
              if c.id in cps and now - cps[c.id].at <= 3 * site.cycle_s}
-    ev_phase = [0.0, 0.0, 0.0]
-    ev_w = 0.0
+    ev_now = [0.0, 0.0, 0.0]
+    ev_w_now = 0.0
     for c in site.charge_points:
         s = fresh.get(c.id)
         if s is None:
             continue
-        ev_w += max(0.0, s.power_w)
+        ev_w_now += max(0.0, s.power_w)
         for k in range(3):
-            ev_phase[c.phase_map[k] - 1] += max(0.0, s.currents_a[k])
+            ev_now[c.phase_map[k] - 1] += max(0.0, s.currents_a[k])
+    # The grid sample may be older than the cars' reports: only what the cars drew both last
+    # cycle and now is surely inside it, so only that is taken off as "theirs".
+    # (The first cycle has no history: the cars' reports are all there is.)
+    before = state.ev_phase_a if state.ev_phase_a is not None else ev_now
+    ev_phase = [min(a, b) for a, b in zip(ev_now, before, strict=True)]
+    ev_w = min(ev_w_now, state.ev_w if state.ev_w is not None else ev_w_now)
 
     grid = usable.get(site.grid.meter) if site.grid.meter else None
     grid_status = by_name.get(site.grid.meter) if site.grid.meter else None
-    budget = _budget(site, grid, ev_phase, ev_w)
-
     battery = usable.get(site.battery_meter) if site.battery_meter else None
+    pv = usable.get(site.pv_meter) if site.pv_meter else None
+    hidden_w: float | None = 0.0
+    if site.pv_meter is not None:
+        hidden_w = None if pv is None or pv.power_w is None else max(0.0, pv.power_w)
+    if site.battery_meter is not None and hidden_w is not None:
+        hidden_w = None if battery is None or battery.power_w is None \
+            else hidden_w + max(0.0, battery.power_w)
+    budget = _budget(site, grid, ev_phase, ev_w, hidden_w)
+
     pv_ok = site.pv_meter is None or by_name[site.pv_meter].ok
     if grid is None or grid.power_w is None or not pv_ok:
         surplus_total: float | None = None
@@ -159,7 +182,8 @@ def cycle(site: SiteConfig, state: EmsState, now: float,
 
     grants: dict[str, Grant] = {}
     if budget is not None:
-        demands = [Demand(cp_id=c.id, phases=_site_phases(c, fresh.get(c.id)),
+        demands = [Demand(cp_id=c.id,
+                          phases=_site_phases(c, fresh.get(c.id), wishes[c.id].phases),
                           min_a=c.min_a, max_a=wishes[c.id].amps, priority=c.priority,
                           suspended=memories[c.id].suspended,
                           drawing_a=_drawing(c, fresh.get(c.id)))
@@ -190,14 +214,19 @@ def cycle(site: SiteConfig, state: EmsState, now: float,
             limits.append(EmsLimit("site_fuse", g.amps, g.reason))
         else:
             limits.append(_headroom(c, free, budget, grants, site))
-        command = Command(c.id, tuple(limits), wish.phases, wish.notes)
+        command = Command(c.id, tuple(_short(lim) for lim in limits), wish.phases,
+                          tuple(n[:MAX_REASON] for n in wish.notes))
         commands.append(command)
-        binding = min(limits, key=lambda lim: lim.amps)
+        boosted = c.id in fresh and fresh[c.id].boost
+        shown = [lim for lim in command.limits
+                 if not (boosted and lim.source in BOOSTABLE_SOURCES)] or list(command.limits)
+        binding = min(shown, key=lambda lim: lim.amps)
         reports.append(CpReport(c.id, settings[c.id].mode, command, wish.surplus_w,
                                 binding.reason))
     report = CycleReport(now, tuple(statuses), None if budget is None else budget.phase_a,
                          surplus_total, tuple(reports))
-    return EmsState(inputs, memories), tuple(commands), report
+    return (EmsState(inputs, memories, (ev_now[0], ev_now[1], ev_now[2]), ev_w_now),
+            tuple(commands), report)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,18 +250,20 @@ def _wish(site: SiteConfig, c: ChargePointConfig, s: ChargePointState | None, me
     notes: list[str] = []
     mode = cps.mode
     if mode is Mode.OFF:
-        limits.append(EmsLimit("user", 0.0, "mode off"))
+        limits.append(EmsLimit("ems_mode", 0.0, "mode off"))
     # In a slot the departure plan chose (or when only full power now reaches the target)
     # the car charges at full power whatever the mode; outside them mode now waits for the
     # plan, while the PV modes go on using the free sun.
     planned = False
-    if connected and cps.departure_at is not None and cps.target_wh is not None:
+    if connected and cps.departure is not None and cps.target_wh is not None:
         assert s is not None
         need = max(0.0, cps.target_wh - s.session_wh)
         if need > 0:
-            plan = plan_charging(prices, now=now, departure=cps.departure_at, energy_wh=need,
-                                 power_w=c.max_a * phases_now * v)
-            planned = plan.charge_now(now)
+            plan = plan_charging(prices, now=now, departure=next_departure(cps.departure, now),
+                                 energy_wh=need, power_w=c.max_a * phases_now * v)
+            # Without prices the PV modes keep to the sun until only the guarantee is left.
+            planned = plan.charge_now(now) and not (
+                plan.kind is PlanKind.NO_PRICES and mode in (Mode.PV, Mode.MIN_PV))
             if not planned and mode is Mode.NOW:
                 limits.append(EmsLimit("price", 0.0, plan.reason))
             notes.append(plan.reason)
@@ -293,30 +324,36 @@ def _drawing(c: ChargePointConfig, s: ChargePointState | None) -> Triple | None:
     return (amps[0], amps[1], amps[2])
 
 
-def _site_phases(c: ChargePointConfig, s: ChargePointState | None) -> tuple[int, ...]:
+def _site_phases(c: ChargePointConfig, s: ChargePointState | None,
+                 commanded: int | None) -> tuple[int, ...]:
+    """The site phases a car may draw on before the next cycle: those energised now, or all
+    of the charge point's while a switch up is asked for (its grant must hold on each)."""
     phases = s.phases if s is not None and s.phases in (1, 3) else c.phases
+    phases = min(c.phases, max(phases, commanded or 0))
     return tuple(sorted(c.phase_map[k] - 1 for k in range(phases)))
 
 
-def _budget(site: SiteConfig, grid: Reading | None, ev_phase: list[float],
-            ev_w: float) -> Budget | None:
+def _budget(site: SiteConfig, grid: Reading | None, ev_phase: list[float], ev_w: float,
+            hidden_w: float | None) -> Budget | None:
     """What the connection leaves for the charge points, or None when the grid meter cannot
-    be trusted (the caller then applies the fail-safe current).
+    bound it (the caller then applies the fail-safe current).
 
-    Loads other than the cars are counted as at least zero on each phase: a site exporting PV
-    on a phase does not earn more than its fuse, because many meters report current
-    magnitudes without a sign. Without per-phase currents the whole other load is assumed on
-    every phase — pessimistic, never optimistic.
+    With per-phase currents, the other loads on a phase are the grid current less the cars',
+    never below zero: a signed meter's export then counts as nothing (the fuse still caps the
+    car), a meter that reports magnitudes makes export count as load — pessimistic, never
+    optimistic. With total power only, PV and a discharging battery may hide load on one phase
+    behind a small net figure, so the gross other load (net + those sources) is assumed on
+    every phase; ``hidden_w`` None (their meters unhealthy) leaves nothing to bound it.
     """
-    if grid is None or (grid.currents_a is None and grid.power_w is None):
+    if grid is None or (grid.currents_a is None and (grid.power_w is None or hidden_w is None)):
         return None
     v = site.voltage_v
     other_w = None if grid.power_w is None else grid.power_w - ev_w
     if grid.currents_a is not None:
-        other = [max(0.0, abs(grid.currents_a[i]) - ev_phase[i]) for i in range(3)]
+        other = [max(0.0, grid.currents_a[i] - ev_phase[i]) for i in range(3)]
     else:
-        assert other_w is not None
-        other = [max(0.0, other_w / v)] * 3
+        assert other_w is not None and hidden_w is not None
+        other = [max(0.0, (other_w + hidden_w) / v)] * 3
     phase_a = (max(0.0, site.grid.fuse_a - other[0]), max(0.0, site.grid.fuse_a - other[1]),
                max(0.0, site.grid.fuse_a - other[2]))
     total_w = None

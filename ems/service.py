@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ems.config_error import ConfigError
 from ems.kpi import Kpis
+from ems.kpi import load as load_kpis
 from ems.manager import (
     CpSettings,
     CycleReport,
@@ -39,6 +41,8 @@ def _log(event: str, **fields: object) -> None:
     if log.isEnabledFor(logging.INFO):
         log.info(event, extra={"fields": fields})
 
+# KPIs are written this often (and at stop), so a power cut loses at most this much.
+KPI_SAVE_S = 300.0
 # A command stays valid for this many cycles: a charge point that hears nothing for longer
 # falls back to its fail-safe current instead of keeping the last one.
 VALID_CYCLES = 3
@@ -75,9 +79,10 @@ class EmsService:
         self.prices = prices
         self.kpi_file = kpi_file
         self.state: EmsState = initial_state(site)
-        self.settings: dict[str, CpSettings] = default_settings(site, clock())
-        self.kpis = Kpis.from_json(kpi_file.read_text()) if kpi_file and kpi_file.exists() \
-            else Kpis()
+        self.settings: dict[str, CpSettings] = default_settings(site)
+        self.kpis = _load_kpis(kpi_file)
+        self.cycle_errors = 0
+        self._saved_at: float | None = None
         self.last_report: CycleReport | None = None
         self.listeners: list[Callable[[CycleReport], None]] = []
         self._reasons: dict[str, str] = {}
@@ -117,13 +122,20 @@ class EmsService:
                 result = Poll(None, f"driver error: {exc!r}")
             self.state = record_reading(self.state, meter.name, result.reading, self.clock(),
                                         result.fault)
-            if result.reading is not None:
+            if result.reading is not None and result.reading.finite():
                 self._readings[meter.name] = result.reading
             await asyncio.sleep(max(0.0, poll_s - (self.clock() - started)))
 
     async def _cycle_forever(self) -> None:
         while True:
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:
+                # Nothing is sent this cycle: the charge points' commands expire into their
+                # fail-safe unless a later cycle succeeds. Said loudly, counted, visible.
+                self.cycle_errors += 1
+                log.error("ems_cycle_failed", exc_info=exc,
+                          extra={"fields": {"errors": self.cycle_errors, "error": repr(exc)}})
             await asyncio.sleep(self.site.cycle_s)
 
     def step(self) -> CycleReport:
@@ -134,8 +146,17 @@ class EmsService:
                                              prices=self.prices(), settings=self.settings)
         valid_s = VALID_CYCLES * self.site.cycle_s
         for command in commands:
-            self.cps.send(command, valid_s)
+            try:
+                self.cps.send(command, valid_s)
+            except ValueError as exc:
+                # A command the link refuses is a bug here; the other charge points still get
+                # theirs, and this one falls back to its fail-safe when its last one expires.
+                log.error("ems_command_refused", extra={"fields": {
+                    "cp": command.cp_id, "error": str(exc)}})
         self._account(report, states, now)
+        if self._saved_at is None or now - self._saved_at >= KPI_SAVE_S:
+            self._saved_at = now
+            self.save_kpis()
         self._log_changes(report)
         self.last_report = report
         for listener in self.listeners:
@@ -166,12 +187,13 @@ class EmsService:
             return None
 
         grid = power(Role.GRID)
-        if grid is None:
+        pv = power(Role.PV) if self.site.pv_meter is not None else 0.0
+        battery = power(Role.BATTERY) if self.site.battery_meter is not None else 0.0
+        if grid is None or pv is None or battery is None:
             self.kpis.gap(now, self.site.cycle_s)
             return
-        pv = power(Role.PV) or 0.0
-        battery = power(Role.BATTERY) or 0.0
-        ev = {cp_id: max(0.0, s.power_w) for cp_id, s in states.items()}
+        fresh = now - VALID_CYCLES * self.site.cycle_s
+        ev = {cp_id: max(0.0, s.power_w) for cp_id, s in states.items() if s.at >= fresh}
         house = grid + pv + battery - sum(ev.values())
         prices = self.prices()
         price = None
@@ -195,7 +217,28 @@ class EmsService:
                      phases=cp.command.phases)
 
     def save_kpis(self) -> None:
-        if self.kpi_file is not None:
-            tmp = self.kpi_file.with_suffix(".tmp")
+        if self.kpi_file is None:
+            return
+        tmp = self.kpi_file.with_suffix(".tmp")
+        try:
             tmp.write_text(self.kpis.to_json())
             tmp.replace(self.kpi_file)
+        except OSError as exc:
+            log.error("ems_kpis_not_saved", extra={"fields": {"file": str(self.kpi_file),
+                                                              "error": str(exc)}})
+
+
+def _load_kpis(path: Path | None) -> Kpis:
+    """The KPIs kept so far; a file that cannot be read is set aside, never a reason to stop
+    managing the site."""
+    if path is None or not path.exists():
+        return Kpis()
+    try:
+        return load_kpis(path)
+    except ConfigError as exc:
+        aside = path.with_name(f"{path.name}.unreadable")
+        path.replace(aside)
+        log.error("ems_kpis_set_aside", extra={"fields": {"file": str(path),
+                                                          "moved_to": str(aside),
+                                                          "error": str(exc)}})
+        return Kpis()

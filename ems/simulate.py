@@ -17,6 +17,7 @@ The plant's parts behave like their real counterparts, simply:
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 from ems.config_error import ConfigError
 from ems.kpi import Kpis
 from ems.manager import (
+    BOOSTABLE_SOURCES,
     CpSettings,
     CycleReport,
     EmsState,
@@ -52,8 +54,8 @@ class Day:
     @classmethod
     def load(cls, path: Path) -> Day:
         try:
-            rows = list(csv.DictReader(path.read_text().splitlines()))
-        except OSError as exc:
+            rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(str(path), "(file)", "a readable CSV file", str(exc)) from exc
         need = ("minute", "pv_w", "house_w")
         if not rows or any(k not in rows[0] for k in need):
@@ -64,13 +66,13 @@ class Day:
         pv, house, prices = [], [], []
         for i, row in enumerate(rows):
             try:
-                if int(row["minute"]) != i:
+                if None in row.values() or int(row["minute"]) != i:
                     raise ValueError
                 pv.append(_nonneg(row["pv_w"]))
                 house.append(_nonneg(row["house_w"]))
                 if row.get("price_eur_kwh") not in (None, ""):
                     prices.append(float(row["price_eur_kwh"]))
-            except ValueError:
+            except (ValueError, TypeError):
                 raise ConfigError(str(path), f"row {i + 2}",
                                   f"minute {i} and finite non-negative powers", row) from None
         if prices and len(prices) != MINUTES:
@@ -226,7 +228,7 @@ class _CarPlant:
 
     def command(self, cmd: Command, t: float, boost: bool = False) -> None:
         limits = [lim.amps for lim in cmd.limits
-                  if not (boost and lim.source in ("pv_surplus", "price", "user"))]
+                  if not (boost and lim.source in BOOSTABLE_SOURCES)]
         offered = min([self.cp.max_a, *limits])
         if offered < self.cp.min_a:
             offered = 0.0
@@ -276,7 +278,7 @@ def simulate(site: SiteConfig, day: Day, cars: Sequence[Car], *, midnight: float
     longest = 0.0
     health: dict[str, str] = {}
     result = DayResult(kpis, {}, {}, 0.0, {})
-    base = default_settings(site, midnight)
+    base = default_settings(site)
     if settings:
         base.update(settings)
     present_before: dict[str, bool] = {}
@@ -476,11 +478,9 @@ def _num(file: str, key: str, value: object, lo: float, hi: float) -> float:
 
 
 def _seconds(file: str, key: str, value: object, end_of_day: bool = False) -> float:
-    if isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            h, m = int(parts[0]), int(parts[1])
-            if (0 <= h < 24 and 0 <= m < 60) or (end_of_day and (h, m) == (24, 0)):
-                return h * 3600.0 + m * 60.0
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{2}:[0-9]{2}", value):
+        h, m = int(value[:2]), int(value[3:])
+        if (0 <= h < 24 and 0 <= m < 60) or (end_of_day and (h, m) == (24, 0)):
+            return h * 3600.0 + m * 60.0
     raise ConfigError(file, key, "a time of day HH:MM" + (" (24:00 allowed)" if end_of_day
                                                          else ""), value)

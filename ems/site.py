@@ -96,9 +96,9 @@ class SiteConfig:
 
 def load_site(path: Path) -> SiteConfig:
     try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(str(path), "(file)", "a readable TOML file", str(exc)) from exc
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "(file)", "a readable UTF-8 TOML file", str(exc)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "(file)", "valid TOML", str(exc)) from exc
     return parse_site(raw, path)
@@ -205,10 +205,11 @@ def _charge_point(f: _Reader, c: dict[str, Any], i: int) -> ChargePointConfig:
     f.only(c, key, {"id", "phases", "phase_map", "min_a", "max_a", "priority", "mode",
                     "phase_switching", "departure", "target_kwh"})
     phases = c.get("phases", 3)
-    if phases not in (1, 3) or isinstance(phases, bool):
+    if type(phases) is not int or phases not in (1, 3):
         raise ConfigError(f.file, f"{key}.phases", "1 or 3", phases)
     pmap = c.get("phase_map", [1, 2, 3])
-    if (not isinstance(pmap, list) or sorted(pmap) != [1, 2, 3]):
+    if (not isinstance(pmap, list) or not all(type(p) is int for p in pmap)
+            or sorted(pmap) != [1, 2, 3]):
         raise ConfigError(f.file, f"{key}.phase_map",
                           "a permutation of [1, 2, 3] (the site phase of the charge point's "
                           "L1, L2, L3)", pmap)
@@ -244,7 +245,7 @@ def _clock_time(f: _Reader, value: object, key: str) -> time:
     if isinstance(value, time):
         return value
     if isinstance(value, str):
-        m = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", value)
+        m = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", value)
         if m:
             return time(int(m.group(1)), int(m.group(2)))
     raise ConfigError(f.file, key, "a time of day HH:MM (UTC)", value)

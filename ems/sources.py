@@ -111,7 +111,12 @@ def open_inputs(site: SiteConfig, cars: CarDraw | None = None, *,
         elif m.kind == "modbus":
             links = links or Links()
             spec = meter_spec(file, key, m.name, m.options)
-            meters.append(ModbusInput(m.name, ModbusMeter(spec, links=links)))
+            try:
+                meters.append(ModbusInput(m.name, ModbusMeter(spec, links=links)))
+            except ValueError as exc:
+                # Two meters on one serial port with different line settings.
+                raise ConfigError(file, f"{key}.serial_port", "the same baudrate, parity and "
+                                  "stopbits as the other meters on this port", str(exc)) from exc
         else:
             assert mqtt is not None and clock is not None, "MQTT meters need a clock"
             meter = MqttMeter(MqttMeterSpec.from_options(m.name, m.options, file, key), clock)
@@ -136,3 +141,26 @@ def open_inputs(site: SiteConfig, cars: CarDraw | None = None, *,
         mqtt.subscribe(topic, on_prices, qos=1)
         inputs.prices = lambda: inputs._plan[0]
     return inputs
+
+
+def check_inputs(site: SiteConfig) -> None:
+    """Every meter's and the tariff's settings, checked before anything starts (so a bad site
+    file stops the controller at start-up, exit 2, not at run time)."""
+    file = str(site.path)
+    needs_mqtt = site.tariff.mqtt_topic is not None
+    for i, m in enumerate(site.meters):
+        key = f"meter[{i}]"
+        if m.kind == "modbus":
+            meter_spec(file, key, m.name, m.options)
+        elif m.kind == "mqtt":
+            MqttMeterSpec.from_options(m.name, m.options, file, key)
+            needs_mqtt = True
+        else:
+            sim_setup(site)
+    if needs_mqtt:
+        if not site.mqtt:
+            raise ConfigError(file, "[mqtt]", "a broker (host, port) for the MQTT meters or "
+                              "the tariff topic", None)
+        MqttSettings.from_table(site.mqtt, file)
+    if site.tariff.file is not None:
+        load_csv(site.tariff.file)

@@ -125,7 +125,7 @@ class Controller:
             from firmware.ems_port import LocalEms, ems_command  # noqa: PLC0415
 
             self.table.add(ems_command(
-                lambda: self.ems if isinstance(self.ems, LocalEms) else None, clock))
+                lambda: self.ems if isinstance(self.ems, LocalEms) else None))
         # Last, so a scenario may use every command (the EMS's too).
         self.scenario: Scenario | None = None
         if opts.scenario is not None:
@@ -297,14 +297,25 @@ class Controller:
                                f"{exc}") from exc
             self.station.start()
         if self.site is not None or self.ems_link is not None:
+            from ems.config_error import ConfigError  # noqa: PLC0415
             from firmware.ems_port import LocalEms, RemoteEms  # noqa: PLC0415
 
-            if self.site is not None:
-                self.ems = LocalEms(self.site, self.connector, self.limits, self.clock,
-                                    opts.data_dir)
-            else:
-                assert self.ems_link is not None
-                self.ems = RemoteEms(self.ems_link, self.connector, self.limits, self.clock)
+            try:
+                if self.site is not None:
+                    self.ems = LocalEms(self.site, self.connector, self.limits, self.clock,
+                                        opts.data_dir)
+                else:
+                    assert self.ems_link is not None
+                    self.ems = RemoteEms(self.ems_link, self.connector, self.limits,
+                                         self.clock)
+            except (ConfigError, OSError) as exc:
+                if self.station is not None:
+                    await self.station.stop()
+                if server is not None:
+                    server.close()
+                    _remove(socket_path)
+                self.store.close()
+                raise RunError(f"cannot start the energy manager: {exc}") from exc
             self.ems.start()
         self.hw.start()
         self.connector.start()

@@ -10,10 +10,11 @@ limit takes their place, with the reason, so the charger never runs at the last 
 from __future__ import annotations
 
 import asyncio
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import time
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,14 @@ from ems.mqtt_client import MqttSettings
 from ems.mqtt_link import ChargePointLink
 from ems.service import EmsService
 from ems.site import SiteConfig, load_site
-from ems.sources import SiteInputs, open_inputs
+from ems.sources import SiteInputs, check_inputs, open_inputs
 from firmware import logs
 from firmware.core.iec61851 import Phase
 from firmware.core.limits import Limit, LimitSource
 from firmware.evse.connector import Connector
 from firmware.evse.limit_port import LimitPort
 from hal.board import Board
-from hal.clock import Clock, iso
+from hal.clock import Clock
 from hal.sim.control import Arg, CommandError
 from hal.sim.control import Command as ControlCommand
 
@@ -39,7 +40,7 @@ SOURCES = {
     "pv_surplus": LimitSource.PV_SURPLUS,
     "home_battery": LimitSource.HOME_BATTERY,
     "price": LimitSource.PRICE,
-    "user": LimitSource.USER,
+    "ems_mode": LimitSource.EMS_MODE,
 }
 _PLUGGED = frozenset(Phase) - {Phase.IDLE}
 
@@ -82,34 +83,38 @@ class EmsPort:
 
     def apply(self, command: Command | None, valid_s: float | None, *, why: str = "") -> None:
         """``None``: the EMS is silent or expired — fail safe. ``valid_s`` None: the caller
-        (the MQTT link) runs the expiry itself."""
+        (the MQTT link) runs the expiry itself. The limits change in one update, so no step
+        ever runs with the old ones withdrawn and the new ones not yet there."""
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        failsafe = Limit.of(LimitSource.SITE_FUSE, f"energy manager silent ({why}): fail-safe "
+                            f"{self.failsafe_a:g} A", amps=self.failsafe_a)
         if command is None:
-            for source in SOURCES.values():
-                self.limits.withdraw(source)
-            self.limits.submit(Limit.of(LimitSource.SITE_FUSE,
-                                        f"energy manager silent ({why}): fail-safe "
-                                        f"{self.failsafe_a:g} A", amps=self.failsafe_a))
+            self.limits.update([failsafe], [s for k, s in SOURCES.items() if k != "site_fuse"])
             if not self.failsafe_active:
                 logs.log(self.log, "ems_failsafe", cp=self.cp_id, reason=why,
                          amps=self.failsafe_a)
             self.failsafe_active = True
             return
-        given = {lim.source for lim in command.limits}
+        submit: list[Limit] = []
         for lim in command.limits:
             known = SOURCES.get(lim.source)
             if known is None:
                 logs.log(self.log, "ems_unknown_source", cp=self.cp_id, source=lim.source)
                 continue
-            self.limits.submit(Limit.of(known, lim.reason, amps=lim.amps))
-        for key, source in SOURCES.items():
-            if key not in given:
-                self.limits.withdraw(source)
+            submit.append(Limit.of(known, lim.reason, amps=lim.amps))
+        given = {limit.source for limit in submit}
+        if LimitSource.SITE_FUSE not in given:
+            # Without its share of the fuse a car would be bounded by nothing the EMS knows.
+            why = "its command had no site_fuse limit"
+            submit.append(Limit.of(LimitSource.SITE_FUSE, f"energy manager: {why}: fail-safe "
+                                   f"{self.failsafe_a:g} A", amps=self.failsafe_a))
+        self.limits.update(submit, [s for s in SOURCES.values() if s not in given
+                                    and s is not LimitSource.SITE_FUSE])
         if command.phases is not None:
-            why = next((n for n in command.notes if n.startswith("1p/3p")), "energy manager")
-            self.limits.request_phases(command.phases, why)
+            note = next((n for n in command.notes if n.startswith("1p/3p")), "energy manager")
+            self.limits.request_phases(command.phases, note)
         if self.failsafe_active:
             logs.log(self.log, "ems_resumed", cp=self.cp_id)
         self.failsafe_active = False
@@ -160,6 +165,7 @@ def load_local_site(path: Path, board: Board) -> SiteConfig:
         if meter.kind == "sim" and board.sim is None:
             raise ConfigError(str(path), f"meter {meter.name!r}.kind",
                               "modbus or mqtt on a board without a simulated plant", "sim")
+    check_inputs(site)
     return site
 
 
@@ -189,7 +195,7 @@ class LocalEms:
         self.inputs.start()
         self.service.start()
 
-    def set(self, args: dict[str, Any], now: float) -> dict[str, Any]:
+    def set(self, args: dict[str, Any]) -> dict[str, Any]:
         """The user's settings for the charge point (the ``ems`` control command)."""
         cp = self.service.site.charge_points[0]
         current = self.service.settings[cp.id]
@@ -201,9 +207,9 @@ class LocalEms:
         if "target_kwh" in args:
             changes["target_wh"] = args["target_kwh"] * 1000.0 or None
         if "departure" in args:
-            changes["departure_at"] = departure_at(args["departure"], now)
+            changes["departure"] = departure_time(args["departure"])
         settings = replace(current, **changes)
-        if (settings.departure_at is None) != (settings.target_wh is None):
+        if (settings.departure is None) != (settings.target_wh is None):
             raise CommandError("departure and target_kwh go together (target_kwh=0 clears)")
         self.service.set_mode(cp.id, settings)
         return self.status()
@@ -213,8 +219,8 @@ class LocalEms:
         s = self.service.settings[cp.id]
         report = self.service.last_report
         out: dict[str, Any] = {
-            "mode": s.mode.value, "departure": None if s.departure_at is None
-            else iso(s.departure_at), "target_kwh": None if s.target_wh is None
+            "mode": s.mode.value, "departure": None if s.departure is None
+            else s.departure.strftime("%H:%M"), "target_kwh": None if s.target_wh is None
             else s.target_wh / 1000.0, "never_switch": s.never_switch,
             "failsafe": self.port.failsafe_active}
         if report is not None:
@@ -246,9 +252,9 @@ class LinkSettings:
 def load_link(path: Path) -> LinkSettings:
     file = str(path)
     try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(file, "(file)", "a readable TOML file", str(exc)) from exc
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "(file)", "a readable UTF-8 TOML file", str(exc)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "(file)", "valid TOML", str(exc)) from exc
     for key in raw:
@@ -322,21 +328,17 @@ class RemoteEms:
         self.port.stop()
 
 
-def departure_at(text: str, now: float) -> float | None:
-    """"HH:MM" (UTC) as the next such clock time after ``now``; "" clears it."""
+def departure_time(text: str) -> time | None:
+    """"HH:MM" (UTC, every day) or "" to clear."""
     if text == "":
         return None
-    parts = text.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not (
-            0 <= int(parts[0]) < 24 and 0 <= int(parts[1]) < 60):
+    m = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", text)
+    if m is None:
         raise CommandError(f"departure: expected HH:MM (UTC) or \"\", got {text!r}")
-    day = datetime.fromtimestamp(now, tz=UTC).replace(hour=int(parts[0]), minute=int(parts[1]),
-                                                      second=0, microsecond=0)
-    at = day.timestamp()
-    return at if at > now else at + 86_400.0
+    return time(int(m.group(1)), int(m.group(2)))
 
 
-def ems_command(ems: Callable[[], LocalEms | None], clock: Clock) -> ControlCommand:
+def ems_command(ems: Callable[[], LocalEms | None]) -> ControlCommand:
     """``ems mode=pv departure=07:00 target_kwh=20 never_switch=true``: the user's settings for
     the in-process energy manager (what the web page and MQTT will also call)."""
 
@@ -344,7 +346,7 @@ def ems_command(ems: Callable[[], LocalEms | None], clock: Clock) -> ControlComm
         local = ems()
         if local is None:
             raise CommandError("the energy manager is not running yet")
-        return {"ems": local.set(args, clock.now())}
+        return {"ems": local.set(args)}
 
     return ControlCommand(
         "ems", "the energy manager's settings for this charge point (mode, departure, target)",

@@ -47,6 +47,7 @@ class LimitSource(Enum):
     PV_SURPLUS = ("pv_surplus", LimitClass.OPTIMISATION)
     HOME_BATTERY = ("home_battery", LimitClass.OPTIMISATION)
     PRICE = ("price", LimitClass.TARIFF)
+    EMS_MODE = ("ems_mode", LimitClass.TARIFF)   # the energy manager's mode off
     USER = ("user", LimitClass.TARIFF)
 
     def __init__(self, key: str, cls: LimitClass) -> None:

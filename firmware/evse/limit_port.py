@@ -11,7 +11,7 @@ safely, and shows in its view what it did or why it refused).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from firmware.core.limits import Limit, LimitSource
 from firmware.core.phase_switch import PhaseRequest
@@ -33,6 +33,18 @@ class LimitPort:
     def submit(self, limit: Limit) -> None:
         self._limits[limit.source] = limit
         self._notify()
+
+    def update(self, submit: Iterable[Limit], withdraw: Iterable[LimitSource]) -> None:
+        """Several sources at once, seen by the connector as one change: an adapter replacing
+        its set of limits never shows a step in between with some of them missing."""
+        changed = False
+        for limit in submit:
+            self._limits[limit.source] = limit
+            changed = True
+        for source in withdraw:
+            changed = self._limits.pop(source, None) is not None or changed
+        if changed:
+            self._notify()
 
     def withdraw(self, source: LimitSource) -> None:
         if self._limits.pop(source, None) is not None:

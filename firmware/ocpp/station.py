@@ -638,8 +638,9 @@ class Station:
         ClearedChargingLimit when it stops (K12, K13)."""
         binding = self.connector.limit.binding
         source = None
-        if binding is not None and binding.source is not LimitSource.USER:
-            # The driver's own limit is not an external charging limit.
+        if binding is not None and binding.source not in (LimitSource.USER,
+                                                          LimitSource.EMS_MODE):
+            # The driver's own limit (or mode off) is not an external charging limit.
             source = _LIMIT_SOURCE_NAME.get(binding.cls)
         if source == self._external_limit:
             return

@@ -154,3 +154,61 @@ def test_the_user_changes_the_mode_with_the_ems_command(tmp_path: Path) -> None:
          str(tmp_path / "var2"), "--status", "off"],
         check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 1 and "departure: expected HH:MM" in done.stderr
+
+
+def test_a_crashing_cycle_is_counted_and_the_next_one_runs(tmp_path: Path) -> None:
+    site = site_at(tmp_path, "11:00")
+
+    async def scenario(rig: Rig) -> None:
+        ems = LocalEms(site, rig.connector, rig.limits, rig.clock, tmp_path)
+        ems.start()
+        try:
+            await rig.until(20.0)
+            real = ems.service.cps.states
+            calls = {"n": 0}
+
+            def flaky() -> dict[str, object]:
+                calls["n"] += 1
+                if calls["n"] <= 5:
+                    raise RuntimeError("a bug")
+                return real()  # type: ignore[return-value]
+
+            ems.service.cps.states = flaky  # type: ignore[method-assign]
+            went_failsafe = []
+            rig.limits.subscribe(lambda: went_failsafe.append(any(
+                "energy manager silent" in lim.reason for lim in rig.limits.limits())))
+            await rig.wait_for(lambda: ems.service.cycle_errors == 5, 6 * site.cycle_s,
+                               step_s=0.5)
+            # Five cycles in a row failed: the commands expired into the fail-safe, visibly.
+            assert any(went_failsafe)
+            await rig.until(rig.t + 2 * site.cycle_s)
+            assert ems.service.cycle_errors == 5
+            assert not ems.port.failsafe_active   # and the EMS carried on
+        finally:
+            await ems.stop()
+
+    Rig.run(tmp_path, scenario)
+
+
+def test_the_port_keeps_other_sources_and_never_drops_the_fuse(tmp_path: Path) -> None:
+    from ems.model import Command, EmsLimit
+    from firmware.core.limits import Limit
+    from firmware.ems_port import EmsPort
+
+    async def scenario(rig: Rig) -> None:
+        port = EmsPort("cp1", rig.connector, rig.limits, 6.0)
+        rig.limits.submit(Limit.of(LimitSource.USER, "the driver's own 10 A", amps=10.0))
+        seen: list[set[LimitSource]] = []
+        rig.limits.subscribe(lambda: seen.append({lim.source for lim in rig.limits.limits()}))
+        port.apply(Command("cp1", (EmsLimit("site_fuse", 12.0, "fuse"),
+                                   EmsLimit("pv_surplus", 8.0, "sun"))), 15.0)
+        port.apply(Command("cp1", (EmsLimit("pv_surplus", 7.0, "sun"),)), 15.0)
+        port.apply(None, None, why="test")
+        # The driver's limit stays; every change carried a site-fuse limit; one update each.
+        assert all(LimitSource.USER in s and LimitSource.SITE_FUSE in s for s in seen)
+        assert len(seen) == 3
+        fuse = next(lim for lim in rig.limits.limits() if lim.source is LimitSource.SITE_FUSE)
+        assert fuse.amps == 6.0 and "energy manager silent (test)" in fuse.reason
+        port.stop()
+
+    Rig.run(tmp_path, scenario)

@@ -117,7 +117,7 @@ id = "a"
 mode = "pv"
 """)
     cmds = run(s, 2.0, [car("a")], settings={"a": CpSettings(Mode.OFF)})
-    assert limit(cmds["a"], "user") == 0.0 and reason(cmds["a"], "user") == "mode off"
+    assert limit(cmds["a"], "ems_mode") == 0.0 and reason(cmds["a"], "ems_mode") == "mode off"
     # A boosted PV car shares the fuse as if it wanted its maximum (no sun here).
     cmds = run(s, 2.0, [car("a", boost=True)])
     assert limit(cmds["a"], "site_fuse") == 16.0
@@ -141,3 +141,93 @@ def test_a_charge_point_that_reports_nothing_is_bounded_by_the_headroom() -> Non
     cmds = run(site(TWO_NOW), 9.0, [car("a")])
     # b is silent (no car as far as we know): a starting car there still fits the fuse.
     assert limit(cmds["a"], "site_fuse") + limit(cmds["b"], "site_fuse") <= 16.0 + 1e-9
+
+
+def run_power_only(s: SiteConfig, grid_w: float, pv_w: float | None,
+                   cars: list[ChargePointState]) -> dict[str, Command]:
+    state = record_reading(initial_state(s), "grid", Reading(NOW, power_w=grid_w), NOW)
+    if pv_w is not None:
+        state = record_reading(state, "pv", Reading(NOW, power_w=pv_w), NOW)
+    _, commands, _ = cycle(s, state, NOW, {c.id: c for c in cars})
+    return {c.cp_id: c for c in commands}
+
+
+ONE_PHASE = """
+[[charge_point]]
+id = "a"
+mode = "now"
+phases = 1
+max_a = 32
+"""
+
+
+def test_a_power_only_grid_meter_counts_what_pv_may_hide() -> None:
+    # 5 kW of house on L1 behind 6 kW of PV: the meter reads -1 kW. The 1-phase car on L1
+    # must not get the whole fuse: PV may hide load on any one phase.
+    s = site(ONE_PHASE)
+    cmds = run_power_only(s, -1000.0, 6000.0, [car("a")])
+    assert limit(cmds["a"], "site_fuse") <= 25.0 - 5000.0 / 230.0 + 1e-9
+    # Without a healthy PV reading nothing bounds the hidden load: the fail-safe current.
+    cmds = run_power_only(s, -1000.0, None, [car("a")])
+    assert limit(cmds["a"], "site_fuse") == 6.0
+
+
+def test_signed_export_on_a_phase_never_earns_more_than_the_fuse() -> None:
+    s = site(ONE_PHASE)
+    state = record_reading(initial_state(s), "grid", Reading(
+        NOW, power_w=-4600.0, currents_a=(-20.0, 0.0, 0.0)), NOW)
+    state = record_reading(state, "pv", Reading(NOW, power_w=4600.0), NOW)
+    _, commands, _ = cycle(s, state, NOW, {"a": car("a")})
+    assert limit(commands[0], "site_fuse") == 25.0
+
+
+def test_a_grid_sample_older_than_the_cars_report_is_not_trusted_with_their_draw() -> None:
+    s = site(TWO_NOW)
+    state = record_reading(initial_state(s), "grid", Reading(
+        NOW, power_w=0.0, currents_a=(10.0, 10.0, 10.0)), NOW)
+    _, _, _ = cycle(s, state, NOW, {"a": car("a"), "b": car("b")})
+    state2, _, _ = cycle(s, state, NOW, {"a": car("a"), "b": car("b")})
+    # Car a now reports 16 A, but the grid sample (10 A of house) predates it.
+    later = NOW + 5
+    _, commands, _ = cycle(s, state2, later, {"a": car("a", 16.0), "b": car("b")})
+    assert sum(limit(c, "site_fuse") for c in commands) <= 25.0 - 10.0 + 1e-9
+
+
+def test_a_daily_departure_rolls_over_to_the_next_day() -> None:
+    s = site("""
+[[charge_point]]
+id = "a"
+mode = "pv"
+departure = "07:00"
+target_kwh = 20
+""")
+    tomorrow_10 = NOW + 86_400.0   # 10:00 the next day: 21 hours to the next 07:00
+    state = record_reading(initial_state(s), "grid", Reading(
+        tomorrow_10, power_w=460.0, currents_a=(2.0, 2.0, 2.0)), tomorrow_10)
+    state = record_reading(state, "pv", Reading(tomorrow_10, power_w=0.0), tomorrow_10)
+    _, commands, _ = cycle(s, state, tomorrow_10, {"a": ChargePointState(
+        "a", tomorrow_10, connected=True)})
+    notes = " ".join(commands[0].notes)
+    assert "not reachable" not in notes
+    assert limit(commands[0], "pv_surplus") == 0.0   # no sun, no cheap slot: it waits
+
+
+def test_a_boosted_car_shows_the_reason_that_still_binds() -> None:
+    s = site("""
+[[charge_point]]
+id = "a"
+mode = "pv"
+""")
+    state = initial_state(s)
+    state = record_reading(state, "grid", Reading(NOW, power_w=460.0,
+                                                  currents_a=(2.0, 2.0, 2.0)), NOW)
+    state = record_reading(state, "pv", Reading(NOW, power_w=0.0), NOW)
+    _, _, report = cycle(s, state, NOW, {"a": car("a", boost=True)})
+    assert report.cps[0].reason.startswith("site fuse")
+
+
+def test_reasons_fit_the_protocol() -> None:
+    s = site(TWO_NOW, grid='fuse_a = 25\nmeter = "grid"')
+    state = record_reading(initial_state(s), "grid", None, NOW, "timeout: " + "x" * 400)
+    _, commands, _ = cycle(s, state, NOW, {"a": car("a"), "b": car("b")})
+    assert all(len(lim.reason) <= 200 for c in commands for lim in c.limits)

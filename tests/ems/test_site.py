@@ -66,6 +66,11 @@ def test_defaults(tmp_path: Path) -> None:
     (('id = "cp1"', 'id = "cp1"\nmax_a = 5'), "charge_point[0].max_a", "a number in [6, 80]"),
     (('id = "cp1"', 'id = "cp1"\nmode = "turbo"'), "charge_point[0].mode", "one of 'off'"),
     (('id = "cp1"', 'id = "cp1"\nphases = 2'), "charge_point[0].phases", "1 or 3"),
+    (('id = "cp1"', 'id = "cp1"\nphases = 3.0'), "charge_point[0].phases", "1 or 3"),
+    (('id = "cp1"', 'id = "cp1"\nphase_map = [1.0, 2.0, 3.0]'), "charge_point[0].phase_map",
+     "a permutation"),
+    (('id = "cp1"', 'id = "cp1"\nphase_map = [1, "2", 3]'), "charge_point[0].phase_map",
+     "a permutation"),
     (('id = "cp1"', 'id = "cp1"\nphase_map = [1, 1, 2]'), "charge_point[0].phase_map",
      "a permutation"),
     (('id = "cp1"', 'id = "cp1"\ndeparture = "7am"\ntarget_kwh = 10'),
@@ -101,3 +106,7 @@ def test_duplicate_ids_and_a_missing_grid(tmp_path: Path) -> None:
         load_site(write(tmp_path, "[grid\n"))
     with pytest.raises(ConfigError, match="readable"):
         load_site(tmp_path / "missing.toml")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[site]\nname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_site(latin)
