@@ -18,6 +18,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from ems.battery import BatteryConfig
 from ems.config_error import ConfigError
+from ems.fields import Fields
 from ems.inputs import DEFAULT_FAILSAFE, FailSafe, InputSpec
 from ems.model import Mode, Role
 from ems.phase_switch import PhaseConfig
@@ -255,28 +256,8 @@ T = TypeVar("T")
 E = TypeVar("E")
 
 
-class _Reader:
-    """Typed access to a TOML table that fails with the file, the key and the expectation."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-
-    def only(self, table: dict[str, Any], where: str, allowed: set[str]) -> None:
-        for key in table:
-            if key not in allowed:
-                prefix = f"{where}." if where else ""
-                raise ConfigError(self.file, f"{prefix}{key}",
-                                  f"one of {', '.join(sorted(allowed))}", "an unknown key")
-
-    def table(self, raw: dict[str, Any], key: str, required: bool = False) -> dict[str, Any]:
-        value = raw.get(key)
-        if value is None:
-            if required:
-                raise ConfigError(self.file, f"[{key}]", "a table", None)
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(self.file, key, "a table", value)
-        return value
+class _Reader(Fields):
+    """The site file's own kinds of value on top of the shared checks."""
 
     def array(self, raw: dict[str, Any], key: str,
               required: bool = False) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ems.config_error import ConfigError
+from ems.fields import Fields
 from ems.meters.decode import (
     CURRENTS,
     VOLTAGES,
@@ -285,28 +286,8 @@ def _check_overlap(file: str, registers: Sequence[Register]) -> None:
                                   b.address)
 
 
-class _Fields:
-    """Typed access to TOML tables that fails with the file, the key and the expectation."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-
-    def only(self, table: Mapping[str, Any], where: str, allowed: set[str]) -> None:
-        for key in table:
-            if key not in allowed:
-                prefix = f"{where}." if where else ""
-                raise ConfigError(self.file, f"{prefix}{key}",
-                                  f"one of {', '.join(sorted(allowed))}", "an unknown key")
-
-    def table(self, data: Mapping[str, Any], key: str, required: bool = False) -> dict[str, Any]:
-        value = data.get(key)
-        if value is None:
-            if required:
-                raise ConfigError(self.file, f"[{key}]", "a table", None)
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(self.file, key, "a table", value)
-        return value
+class _Fields(Fields):
+    """The device map's own kinds of value on top of the shared checks."""
 
     def integer(self, table: Mapping[str, Any], key: str, default: int | None, *,
                 lo: int, hi: int) -> int:

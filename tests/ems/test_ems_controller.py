@@ -30,6 +30,16 @@ def site_at(tmp_path: Path, start: str, extra: str = "") -> SiteConfig:
     return load_site(path)
 
 
+def run_with_ems(site: SiteConfig, scenario: Path, data_dir: Path,
+                 log: Path) -> subprocess.CompletedProcess[str]:
+    """`voltpilot run` on the sim board in virtual time with the in-process EMS."""
+    return subprocess.run(
+        [sys.executable, "-m", "firmware.cli", "run", "--board", "sim", "--virtual-time",
+         "--ems", str(site.path), "--scenario", str(scenario), "--data-dir", str(data_dir),
+         "--status", "off", "--log", str(log)],
+        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
 def test_pv_surplus_drives_the_car_and_a_silent_ems_fails_safe(tmp_path: Path) -> None:
     site = site_at(tmp_path, "11:00")
 
@@ -114,11 +124,7 @@ def test_voltpilot_run_with_ems_charges_from_the_sun(tmp_path: Path) -> None:
                         '[[action]]\nat = 3590\ncmd = "unplug"\n'
                         '[[action]]\nat = 3600\ncmd = "stop"\n')
     log = tmp_path / "log.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-m", "firmware.cli", "run", "--board", "sim", "--virtual-time",
-         "--ems", str(site.path), "--scenario", str(scenario), "--data-dir",
-         str(tmp_path / "var"), "--status", "off", "--log", str(log)],
-        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = run_with_ems(site, scenario, tmp_path / "var", log)
     assert done.returncode == 0, done.stderr
     text = log.read_text()
     assert '"event": "ems_decision"' in text
@@ -136,11 +142,7 @@ def test_the_user_changes_the_mode_with_the_ems_command(tmp_path: Path) -> None:
                         'departure = "17:00"\ntarget_kwh = 30\nnever_switch = true\n'
                         '[[action]]\nat = 1500\ncmd = "stop"\n')
     log = tmp_path / "log.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-m", "firmware.cli", "run", "--board", "sim", "--virtual-time",
-         "--ems", str(site.path), "--scenario", str(scenario), "--data-dir",
-         str(tmp_path / "var"), "--status", "off", "--log", str(log)],
-        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = run_with_ems(site, scenario, tmp_path / "var", log)
     assert done.returncode == 0, done.stderr
     decisions = [line for line in log.read_text().splitlines() if "ems_decision" in line]
     assert any('"mode": "off"' in d and '"reason": "mode off"' in d for d in decisions)
@@ -148,11 +150,7 @@ def test_the_user_changes_the_mode_with_the_ems_command(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[[action]]\nat = 5\ncmd = "ems"\ndeparture = "7am"\n'
                    '[[action]]\nat = 6\ncmd = "stop"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "firmware.cli", "run", "--board", "sim", "--virtual-time",
-         "--ems", str(site.path), "--scenario", str(bad), "--data-dir",
-         str(tmp_path / "var2"), "--status", "off"],
-        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = run_with_ems(site, bad, tmp_path / "var2", tmp_path / "log2.jsonl")
     assert done.returncode == 1 and "departure: expected HH:MM" in done.stderr
 
 
