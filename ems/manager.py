@@ -205,8 +205,13 @@ def cycle(site: SiteConfig, state: EmsState, now: float,
         wish = wishes[c.id]
         limits = list(wish.limits)
         if budget is None:
-            why = (grid_status.reason() if grid_status is not None
-                   else "no grid meter configured")
+            if grid_status is None:
+                why = "no grid meter configured"
+            elif grid_status.ok:
+                why = ("grid meter without per-phase currents and no healthy PV/battery "
+                       "reading to bound the load")
+            else:
+                why = grid_status.reason()
             limits.append(EmsLimit("site_fuse", site.grid.failsafe_a,
                                    f"{why}: {site.grid.failsafe_a:g} A"))
         elif c.id in bound:

@@ -170,6 +170,7 @@ def test_a_power_only_grid_meter_counts_what_pv_may_hide() -> None:
     # Without a healthy PV reading nothing bounds the hidden load: the fail-safe current.
     cmds = run_power_only(s, -1000.0, None, [car("a")])
     assert limit(cmds["a"], "site_fuse") == 6.0
+    assert "without per-phase currents" in reason(cmds["a"], "site_fuse")
 
 
 def test_signed_export_on_a_phase_never_earns_more_than_the_fuse() -> None:
