@@ -220,7 +220,8 @@ def cycle(site: SiteConfig, state: EmsState, now: float,
         else:
             limits.append(_headroom(c, free, budget, grants, site))
         command = Command(c.id, tuple(_short(lim) for lim in limits), wish.phases,
-                          tuple(n[:MAX_REASON] for n in wish.notes))
+                          tuple(n[:MAX_REASON] for n in wish.notes),
+                          failsafe_a=site.grid.failsafe_a)
         commands.append(command)
         boosted = c.id in fresh and fresh[c.id].boost
         shown = [lim for lim in command.limits

@@ -105,9 +105,20 @@ class EmsLimit:
 @dataclass(frozen=True, slots=True)
 class Command:
     """Everything the EMS asks of one charge point this cycle: its limits (a source missing
-    from the tuple is withdrawn) and, when 1p/3p switching is on, the phase count to use."""
+    from the tuple is withdrawn), when 1p/3p switching is on the phase count to use, and the
+    fail-safe current for when the EMS falls silent."""
 
     cp_id: str
     limits: tuple[EmsLimit, ...] = ()
     phases: int | None = None
     notes: tuple[str, ...] = field(default=())
+    # The current to fall back to when this command expires unanswered. The site's fail-safe
+    # currents are checked to fit the fuse together; a charge point's own setting is not, so
+    # it applies the lower of the two.
+    failsafe_a: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.failsafe_a is not None and not (math.isfinite(self.failsafe_a)
+                                                and self.failsafe_a >= 0):
+            raise ValueError(f"{self.cp_id}: failsafe_a must be finite and >= 0, got "
+                             f"{self.failsafe_a}")

@@ -295,7 +295,7 @@ def decode_state(payload: bytes, cp_id: str,
         return exc.error
 
 
-_COMMAND_REQUIRED = {"v", "cp_id", "valid_s", "limits", "phases", "notes"}
+_COMMAND_REQUIRED = {"v", "cp_id", "valid_s", "limits", "phases", "notes", "failsafe_a"}
 _LIMIT_REQUIRED = {"source", "amps", "reason", "phases"}
 
 
@@ -303,7 +303,8 @@ def _command_doc(command: Command, valid_s: float) -> dict[str, Any]:
     return {"v": PROTOCOL, "cp_id": command.cp_id, "valid_s": valid_s,
             "limits": [{"source": lim.source, "amps": lim.amps, "reason": lim.reason,
                         "phases": lim.phases} for lim in command.limits],
-            "phases": command.phases, "notes": list(command.notes)}
+            "phases": command.phases, "notes": list(command.notes),
+            "failsafe_a": command.failsafe_a}
 
 
 def _parse_command(doc: Mapping[str, Any], cp_id: str,
@@ -329,7 +330,9 @@ def _parse_command(doc: Mapping[str, Any], cp_id: str,
     if valid_s <= 0:
         raise _InvalidError(Reject.OUT_OF_RANGE, f"valid_s: expected > 0, got {valid_s:g}")
     command = Command(cp_id=_cp_id(doc["cp_id"], "cp_id", cp_id, known), limits=tuple(limits),
-                      phases=_phases(doc["phases"], "phases", optional=True), notes=notes)
+                      phases=_phases(doc["phases"], "phases", optional=True), notes=notes,
+                      failsafe_a=_opt_num(doc["failsafe_a"], "failsafe_a", 0.0,
+                                          MAX_CURRENT_A))
     return TimedCommand(command, valid_s)
 
 

@@ -53,7 +53,8 @@ class EmsPort:
         self.cp_id = cp_id
         self.connector = connector
         self.limits = limits
-        self.failsafe_a = failsafe_a
+        self.own_failsafe_a = failsafe_a
+        self.failsafe_a = failsafe_a   # the lower of ours and the EMS's last word
         self.log = logs.get("ems_port")
         self._expiry: asyncio.TimerHandle | None = None
         self.failsafe_active = False
@@ -97,6 +98,8 @@ class EmsPort:
                          amps=self.failsafe_a)
             self.failsafe_active = True
             return
+        if command.failsafe_a is not None:
+            self.failsafe_a = min(self.own_failsafe_a, command.failsafe_a)
         submit: list[Limit] = []
         for lim in command.limits:
             known = SOURCES.get(lim.source)

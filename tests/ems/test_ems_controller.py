@@ -188,18 +188,19 @@ def test_a_crashing_cycle_is_counted_and_the_next_one_runs(tmp_path: Path) -> No
     Rig.run(tmp_path, scenario)
 
 
-def test_the_port_keeps_other_sources_and_never_drops_the_fuse(tmp_path: Path) -> None:
+def test_the_port_keeps_other_limits_and_the_fuse_and_the_lower_failsafe(tmp_path: Path) -> None:
     from ems.model import Command, EmsLimit
     from firmware.core.limits import Limit
     from firmware.ems_port import EmsPort
 
     async def scenario(rig: Rig) -> None:
-        port = EmsPort("cp1", rig.connector, rig.limits, 6.0)
+        # Its own fail-safe is 16 A; the EMS's (checked against the fuse) is 6 A.
+        port = EmsPort("cp1", rig.connector, rig.limits, 16.0)
         rig.limits.submit(Limit.of(LimitSource.USER, "the driver's own 10 A", amps=10.0))
         seen: list[set[LimitSource]] = []
         rig.limits.subscribe(lambda: seen.append({lim.source for lim in rig.limits.limits()}))
         port.apply(Command("cp1", (EmsLimit("site_fuse", 12.0, "fuse"),
-                                   EmsLimit("pv_surplus", 8.0, "sun"))), 15.0)
+                                   EmsLimit("pv_surplus", 8.0, "sun")), failsafe_a=6.0), 15.0)
         port.apply(Command("cp1", (EmsLimit("pv_surplus", 7.0, "sun"),)), 15.0)
         port.apply(None, None, why="test")
         # The driver's limit stays; every change carried a site-fuse limit; one update each.
