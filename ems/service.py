@@ -119,6 +119,7 @@ class EmsService:
             try:
                 result = await meter.poll(started)
             except Exception as exc:
+                # A driver bug is one meter's fault (counted, fail-safe), not the EMS's end.
                 result = Poll(None, f"driver error: {exc!r}")
             self.state = record_reading(self.state, meter.name, result.reading, self.clock(),
                                         result.fault)

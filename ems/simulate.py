@@ -34,7 +34,7 @@ from ems.manager import (
     initial_state,
     record_reading,
 )
-from ems.model import ChargePointState, Command, Mode, Reading, Role
+from ems.model import ChargePointState, Command, Reading, Role
 from ems.site import ChargePointConfig, SiteConfig
 from ems.tariff import PricePlan, Slot, price_at
 
@@ -218,7 +218,6 @@ class _CarPlant:
         self.energised = min(cp.phases, 3)
         self.switch_until: float | None = None
         self.switches = 0
-        self.session_id = 0
 
     def present(self, t: float) -> bool:
         return self.car.arrive_s <= t < self.car.depart_s
@@ -233,7 +232,8 @@ class _CarPlant:
         if offered < self.cp.min_a:
             offered = 0.0
         if cmd.phases is not None and cmd.phases != self.energised and self.switch_until is None:
-            # Pause, open, switch, wait, close again: the board's sequence, 30 s in all.
+            # Pause, open, switch, wait, close again: 30 s, on the safe side of the sim board's
+            # sequence (about 14 s with a car that reacts in 2 s).
             self.switch_until = t + 30.0
             self.switches += 1
             self.energised = cmd.phases
@@ -404,8 +404,6 @@ def _cp_state(p: _CarPlant, now: float, t: float, v: float, boost: bool) -> Char
         power_w=p.amps * phases * v, session_wh=p.energy_wh, offered_a=p.target_a,
         boost=boost, ev_soc_pct=p.soc * 100.0)
 
-
-__all__ = ["Car", "Day", "DayResult", "HomeBattery", "Mode", "Outage", "simulate"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,7 +225,8 @@ class LocalEms:
             "mode": s.mode.value, "departure": None if s.departure is None
             else s.departure.strftime("%H:%M"), "target_kwh": None if s.target_wh is None
             else s.target_wh / 1000.0, "never_switch": s.never_switch,
-            "failsafe": self.port.failsafe_active}
+            "failsafe": self.port.failsafe_active,
+            "cycle_errors": self.service.cycle_errors}
         if report is not None:
             out["inputs"] = {i.name: {"health": i.health.value, "faults": i.faults,
                                       "reason": i.reason()} for i in report.inputs}
