@@ -20,6 +20,7 @@ from bench import (
     Result,
     Spec,
     cold_start,
+    contact_latency,
     ems_allocation,
     ems_capture,
     ems_day,
@@ -37,6 +38,7 @@ Run = Callable[[argparse.Namespace], Result]
 BENCHMARKS: list[tuple[Spec, Run]] = [
     (latency.CONTACTOR, lambda a: latency.contactor_latency(a.events)),
     (latency.LIMIT, lambda a: latency.limit_latency(a.events)),
+    (contact_latency.SPEC, lambda a: contact_latency.run(a.events)),
     (rss.SPEC, lambda a: rss.run()),
     (cold_start.SPEC, lambda a: cold_start.run()),
     (virtual_session.SPEC, lambda a: virtual_session.run()),

@@ -22,6 +22,7 @@ from firmware import console, logs
 from firmware.core.limits import Limit, LimitSource
 from firmware.core.reasons import FaultCode, StopReason
 from firmware.evse.connector import Connector
+from firmware.evse.contacts import ContactInputs
 from firmware.evse.limit_port import LimitPort
 from firmware.evse.session import Session
 from firmware.ocpp.settings import OcppSettings, OcppSettingsError, load_settings
@@ -94,6 +95,9 @@ class Controller:
         self.hw: Hardware = open_hardware(board, clock)
         self.store: Store | None = None
         self.connector: Connector | None = None
+        self.contacts: ContactInputs | None = None
+        if board.inputs and self.hw.inputs is not None:
+            self.contacts = ContactInputs(board, self.hw.inputs, self.limits, clock.now)
         self.table = CommandTable(plant_commands(self.hw.plant) if self.hw.plant else [])
         for command in self._controller_commands():
             self.table.add(command)
@@ -247,6 +251,7 @@ class Controller:
                 "id": s.id, "status": s.status.value, "energy_wh": s.energy_wh,
                 "wakeups": s.wakeups, "faults": [f.value for f in s.faults]},
             **({"ems": self.ems.status()} if self.ems is not None else {}),
+            **({"contacts": self.contacts.view()} if self.contacts is not None else {}),
         }}
 
     # ---- running ---------------------------------------------------------------------------------
@@ -317,6 +322,9 @@ class Controller:
                 self.store.close()
                 raise RunError(f"cannot start the energy manager: {exc}") from exc
             self.ems.start()
+        if self.contacts is not None:
+            # Before the connector's first step, so a dimming contact closed at power-up holds.
+            self.contacts.start()
         self.hw.start()
         self.connector.start()
         freeze_startup_heap()
@@ -335,6 +343,8 @@ class Controller:
         finally:
             # The contactor opens before anything else is torn down.
             self.connector.shutdown(StopReason.CONTROLLER_SHUTDOWN)
+            if self.contacts is not None:
+                self.contacts.stop()
             if self.ems is not None:
                 await self.ems.stop()
             if self.station is not None:

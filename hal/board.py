@@ -167,6 +167,40 @@ class Sim:
 
 
 @dataclass(frozen=True, slots=True)
+class Contacts:
+    """What the dry-contact inputs in [inputs.<name>] do (docs/board-toml.md)."""
+
+    dim_14a_w: float = _p(4200.0, "total power a charge point dimmed under §14a EnWG may still "
+                          "draw (never below 4.2 kW)", lo=4200.0, hi=100000.0)
+    release_delay_max_s: float = _p(300.0, "a contact limit is lifted after a random delay of up "
+                                    "to this, so chargers released together do not restart "
+                                    "together", lo=0.0, hi=3600.0)
+
+
+MEANINGS = ("dim_14a", "dso_step", "enable", "tariff_window")
+
+
+@dataclass(frozen=True, slots=True)
+class ContactInput:
+    """One dry-contact input: [inputs.<name>], name as the board's inputs role knows it."""
+
+    meaning: str = _p("", "dim_14a, dso_step, enable or tariff_window (required)",
+                      choices=MEANINGS)
+    polarity: str = _p("closed", "closed: the input is active while the contact is closed; "
+                       "open: while it is open", choices=("closed", "open"))
+    debounce_s: float = _p(0.05, "a change counts once it has held this long (relay contacts "
+                           "bounce for under 10 ms; the edge-to-limit target is 100 ms)",
+                           lo=0.0, hi=10.0)
+    supervised: bool = _p(False, "the board supervises this input's wire (end-of-line "
+                          "resistor): a broken wire is detected and the fail-safe applies")
+
+
+# Keys of [dso_steps] name the dso_step inputs that are active, joined by "+"; this one names none.
+DSO_NONE = "none"
+MAX_DSO_INPUTS = 4
+
+
+@dataclass(frozen=True, slots=True)
 class Board:
     name: str
     path: Path
@@ -178,6 +212,10 @@ class Board:
     timing: Timing = field(default_factory=Timing)
     safety: Safety = field(default_factory=Safety)
     sim: Sim = field(default_factory=Sim)
+    contacts: Contacts = field(default_factory=Contacts)
+    inputs: dict[str, ContactInput] = field(default_factory=dict)
+    # Percent of max_current_a for each set of active dso_step inputs; covers every set.
+    dso_steps: dict[frozenset[str], float] = field(default_factory=dict)
 
     def has(self, role: Role) -> bool:
         return self.roles.get(role, "none") != "none"
@@ -231,7 +269,7 @@ def parse_board(path: Path) -> Board:
     except OSError as exc:
         raise BoardError(f"{path}: cannot read: {exc.strerror}") from exc
 
-    allowed = {"board", "roles", *_SECTIONS}
+    allowed = {"board", "roles", "contacts", "inputs", "dso_steps", *_SECTIONS}
     for key in raw:
         if key not in allowed:
             raise BoardError(f"{path}: unknown section [{key}]; expected one of "
@@ -248,8 +286,13 @@ def parse_board(path: Path) -> Board:
 
     sections: dict[str, Any] = {key: parse_section(cls, _table(raw, key, path), f"[{key}]", path)
                 for key, cls in _SECTIONS.items()}
+    inputs = _parse_inputs(_table(raw, "inputs", path), path)
     board = Board(name=name, path=path, description=description,
-                  roles=_parse_roles(_table(raw, "roles", path), path), **sections)
+                  roles=_parse_roles(_table(raw, "roles", path), path), inputs=inputs,
+                  dso_steps=_parse_dso_steps(_table(raw, "dso_steps", path), inputs, path),
+                  contacts=parse_section(Contacts, _table(raw, "contacts", path), "[contacts]",
+                                         path),
+                  **sections)
     _check_consistency(board)
     return board
 
@@ -281,6 +324,51 @@ def _parse_roles(table: dict[str, Any], path: Path) -> dict[Role, str]:
                                  f"backend for it (one of {', '.join(BACKENDS)})")
             roles[role] = "none"
     return roles
+
+
+def _parse_inputs(table: dict[str, Any], path: Path) -> dict[str, ContactInput]:
+    inputs: dict[str, ContactInput] = {}
+    for name, spec in table.items():
+        where = f"[inputs.{name}]"
+        if not isinstance(spec, dict):
+            raise BoardError(f"{path}: {where}: expected a table with meaning, polarity, "
+                             f"debounce_s, supervised; got {spec!r}")
+        if "meaning" not in spec:
+            raise BoardError(f"{path}: {where} meaning: missing; expected one of "
+                             f"{', '.join(MEANINGS)}")
+        inputs[name] = parse_section(ContactInput, dict(spec), where, path)
+    return inputs
+
+
+def _parse_dso_steps(table: dict[str, Any], inputs: dict[str, ContactInput],
+                     path: Path) -> dict[frozenset[str], float]:
+    dso = sorted(name for name, spec in inputs.items() if spec.meaning == "dso_step")
+    if not dso:
+        if table:
+            raise BoardError(f"{path}: [dso_steps]: expected no table without an input of "
+                             "meaning = \"dso_step\"")
+        return {}
+    if len(dso) > MAX_DSO_INPUTS:
+        raise BoardError(f"{path}: [inputs] dso_step: expected at most {MAX_DSO_INPUTS} inputs, "
+                         f"got {len(dso)} ({', '.join(dso)})")
+    steps: dict[frozenset[str], float] = {}
+    for key, value in table.items():
+        where = f"{path}: [dso_steps] {key}"
+        names = frozenset() if key == DSO_NONE else frozenset(key.split("+"))
+        unknown = sorted(names - set(dso))
+        if unknown or (key != DSO_NONE and len(names) != len(key.split("+"))):
+            raise BoardError(f"{where}: expected \"{DSO_NONE}\" or dso_step inputs joined by "
+                             f"\"+\" (of {', '.join(dso)}), each once")
+        if names in steps:
+            raise BoardError(f"{where}: expected each set of inputs once; it repeats another key")
+        steps[names] = _check_value(value, float, {"lo": 0.0, "hi": 100.0}, where)
+    combos = [frozenset(n for i, n in enumerate(dso) if mask >> i & 1)
+              for mask in range(1 << len(dso))]
+    missing = ["+".join(sorted(c)) or DSO_NONE for c in combos if c not in steps]
+    if missing:
+        raise BoardError(f"{path}: [dso_steps] {missing[0]}: missing; expected a percentage for "
+                         f"every set of active dso_step inputs ({', '.join(missing)} missing)")
+    return steps
 
 
 T = typing.TypeVar("T")
@@ -362,6 +450,9 @@ def _check_consistency(board: Board) -> None:
         raise BoardError(f"{where}: [ratings] bidirectional: expected false; discharging needs "
                          "the interface protection that arrives with the grid issue")
     _check_phase_switching(board)
+    if board.inputs and not board.has(Role.INPUTS):
+        raise BoardError(f"{where}: [inputs.{next(iter(board.inputs))}]: expected no inputs "
+                         "with [roles] inputs = \"none\"")
     t = board.timing
     if 0 < t.watchdog_s < 2 * t.tick_s:
         raise BoardError(f"{where}: [timing] watchdog_s: expected 0 (off) or at least twice "

@@ -69,6 +69,12 @@ def open_hardware(board: Board, clock: Clock) -> Hardware:
                   nominal_voltage_v=board.ratings.nominal_voltage_v,
                   default_profile=board.sim.ev_profile, max_step_s=board.sim.plant_tick_s)
 
+    unknown = [name for name in board.inputs if name not in plant.inputs]
+    if unknown:
+        raise BoardError(f"{board.path}: [inputs.{unknown[0]}]: expected one of the board's "
+                         f"inputs ({', '.join(plant.inputs)})")
+    supervised = frozenset(name for name, spec in board.inputs.items() if spec.supervised)
+
     def pick(role: Role, make: T) -> T | None:
         return make if board.roles[role] == "sim" else None
 
@@ -81,7 +87,7 @@ def open_hardware(board: Board, clock: Clock) -> Hardware:
         indicator=pick(Role.INDICATOR, sim.SimIndicator(plant)),
         meter=pick(Role.METER, sim.SimMeter(plant)),
         grid=pick(Role.GRID, sim.SimGridMonitor(plant)),
-        inputs=pick(Role.INPUTS, sim.SimInputs(plant)),
+        inputs=pick(Role.INPUTS, sim.SimInputs(plant, supervised)),
         temperature=pick(Role.TEMPERATURE, sim.SimTemperature(plant)),
         watchdog=pick(Role.WATCHDOG, sim.SimWatchdog(plant)),
         phase_switch=pick(Role.PHASE_SWITCH, sim.SimPhaseSwitch(plant)),

@@ -141,9 +141,23 @@ class GridMonitor(Protocol):
 
 
 class DigitalInputs(Protocol):
+    """Dry-contact inputs (a grid operator's control box, a ripple-control receiver)."""
+
     def names(self) -> tuple[str, ...]: ...
 
-    def read(self, name: str) -> bool: ...
+    def read(self, name: str) -> bool | None:
+        """True while the contact is closed; None when the input cannot be read (a supervised
+        input that sees a broken wire)."""
+        ...
+
+    def supervised(self) -> frozenset[str]:
+        """The inputs whose wiring the hardware supervises (an end-of-line resistor gives a
+        third level when the wire is cut); only these can report a broken wire."""
+        ...
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called on the event loop when an input changes."""
+        ...
 
 
 class TemperatureSensor(Protocol):

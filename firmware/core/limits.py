@@ -37,6 +37,9 @@ class LimitSource(Enum):
     GRID_RIPPLE_CONTROL = ("grid_ripple_control", LimitClass.GRID)
     GRID_ENVELOPE = ("grid_envelope", LimitClass.GRID)
     SITE_FUSE = ("site_fuse", LimitClass.GRID)
+    # An external interlock wired to an "enable" contact: whoever wired it meant the charger to
+    # stop, so it is grid class, out of a user boost's reach (docs/board-toml.md, [inputs]).
+    CONTACT_ENABLE = ("contact_enable", LimitClass.GRID)
     OCPP_STATION_MAX = ("ocpp_station_max", LimitClass.OPERATOR)
     OCPP_EXTERNAL = ("ocpp_external", LimitClass.OPERATOR)
     OCPP_TX = ("ocpp_tx", LimitClass.OPERATOR)
@@ -48,6 +51,7 @@ class LimitSource(Enum):
     HOME_BATTERY = ("home_battery", LimitClass.OPTIMISATION)
     PRICE = ("price", LimitClass.TARIFF)
     EMS_MODE = ("ems_mode", LimitClass.TARIFF)   # the energy manager's mode off
+    TARIFF_WINDOW = ("tariff_window", LimitClass.TARIFF)  # a peak-window contact
     USER = ("user", LimitClass.TARIFF)
 
     def __init__(self, key: str, cls: LimitClass) -> None:

@@ -123,14 +123,25 @@ class SimGridMonitor:
 
 
 class SimInputs:
-    def __init__(self, plant: Plant) -> None:
+    """The plant's inputs; those in ``supervised`` use the plant's end-of-line resistors."""
+
+    def __init__(self, plant: Plant, supervised: frozenset[str] = frozenset()) -> None:
         self._plant = plant
+        self._supervised = supervised
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._plant.inputs)
 
-    def read(self, name: str) -> bool:
+    def read(self, name: str) -> bool | None:
+        if name in self._plant.cut_inputs:
+            return None if name in self._supervised else False
         return self._plant.inputs[name]
+
+    def supervised(self) -> frozenset[str]:
+        return self._supervised
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        self._plant.on_input_change(callback)
 
 
 class SimTemperature:

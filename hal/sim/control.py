@@ -187,8 +187,7 @@ def plant_commands(plant: Plant) -> list[Command]:
         plant.temperature_c = args["celsius"]
 
     def set_input(args: dict[str, Any]) -> None:
-        plant.advance()
-        plant.inputs[args["name"]] = args["value"]
+        plant.set_input(args["name"], args["value"])
 
     def profiles(_: dict[str, Any]) -> dict[str, Any]:
         return {"profiles": {name: {k: (sorted(q.value for q in v) if k == "quirks" else v)
@@ -224,6 +223,9 @@ def plant_commands(plant: Plant) -> list[Command]:
         Command("input", "set a named digital input",
                 (Arg("name", "string", True, tuple(plant.inputs)), Arg("value", "bool", True)),
                 then_state(set_input)),
+        Command("input_wire", "cut the wire to a named digital input, or mend it with cut=false",
+                (Arg("name", "string", True, tuple(plant.inputs)), Arg("cut", "bool")),
+                then_state(lambda a: plant.cut_input(a["name"], a.get("cut", True)))),
         Command("cable", "choose the PP coding of the socket cable (unplugged only)",
                 (Arg("amps", "number", True, tuple(PP_OHM)),), then_state(cable)),
     ]

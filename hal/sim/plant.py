@@ -76,6 +76,9 @@ class Plant:
     grid_hz: float = 50.0
     temperature_c: float = 25.0
     inputs: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(INPUT_NAMES, False))
+    # Inputs whose wire is cut. Every simulated input has an end-of-line resistor, so a
+    # supervised one reads a third level then, and an unsupervised one reads the contact open.
+    cut_inputs: set[str] = field(default_factory=set)
     faults: set[PlantFault] = field(default_factory=set)
     rcd_latched: bool = False
     meter_energy_wh: float = 0.0
@@ -90,6 +93,7 @@ class Plant:
     last_t: float = 0.0
     _cp_listeners: list[Listener] = field(default_factory=list)
     _rcd_listeners: list[Listener] = field(default_factory=list)
+    _input_listeners: list[Listener] = field(default_factory=list)
     _last_cp: CpReading | None = None
 
     def __post_init__(self) -> None:
@@ -276,6 +280,36 @@ class Plant:
     def on_rcd_trip(self, callback: Listener) -> None:
         self._rcd_listeners.append(callback)
 
+    def on_input_change(self, callback: Listener) -> None:
+        self._input_listeners.append(callback)
+
+    def set_input(self, name: str, closed: bool) -> None:
+        """Close or open a dry contact; listeners hear of it at once, as of a GPIO edge."""
+        self._need_input(name)
+        self.advance()
+        if self.inputs[name] != closed:
+            self.inputs[name] = closed
+            self._input_changed()
+
+    def cut_input(self, name: str, cut: bool) -> None:
+        """Cut or mend the wire to an input."""
+        self._need_input(name)
+        self.advance()
+        if (name in self.cut_inputs) != cut:
+            if cut:
+                self.cut_inputs.add(name)
+            else:
+                self.cut_inputs.discard(name)
+            self._input_changed()
+
+    def _need_input(self, name: str) -> None:
+        if name not in self.inputs:
+            raise PlantError(f"no input {name!r}; the plant has {', '.join(self.inputs)}")
+
+    def _input_changed(self) -> None:
+        for cb in self._input_listeners:
+            cb()
+
     def _changed(self) -> None:
         self._sample_meter(self.last_t)
         self._announce()
@@ -403,6 +437,7 @@ class Plant:
             "grid": {"voltage_v": list(self.grid_v), "frequency_hz": self.grid_hz},
             "temperature_c": self.temperature_c,
             "inputs": dict(self.inputs),
+            "cut_inputs": sorted(self.cut_inputs),
             "faults": sorted(f.value for f in self.faults),
             "watchdog_tripped": self.watchdog.tripped,
             "phase_relay": {"phases": self.energised_phases(), "switches": self.relay_switches,
