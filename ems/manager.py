@@ -22,7 +22,7 @@ from datetime import UTC, datetime, time, timedelta
 
 from ems.balance import Binding, Budget, Demand, Grant, allocate
 from ems.battery import available_for_ev
-from ems.inputs import Health, InputState, InputStatus, assess, record
+from ems.inputs import InputState, InputStatus, assess, record
 from ems.model import ChargePointState, Command, EmsLimit, Mode, Reading, Triple
 from ems.phase_switch import PhaseState, decide_phases
 from ems.plan import PlanKind, plan_charging
@@ -395,7 +395,3 @@ def _headroom(c: ChargePointConfig, free: list[ChargePointConfig], budget: Budge
         return EmsLimit("site_fuse", 0.0,
                         f"site fuse: {amps:.1f} A free, below the {c.min_a:g} A minimum")
     return EmsLimit("site_fuse", amps, f"site fuse: {amps:.1f} A free")
-
-
-def health_of(report: CycleReport, name: str) -> Health | None:
-    return next((s.health for s in report.inputs if s.name == name), None)

@@ -84,7 +84,6 @@ class EmsService:
         self.cycle_errors = 0
         self._saved_at: float | None = None
         self.last_report: CycleReport | None = None
-        self.listeners: list[Callable[[CycleReport], None]] = []
         self._reasons: dict[str, str] = {}
         self._health: dict[str, str] = {}
         self._readings: dict[str, Reading] = {}
@@ -160,8 +159,6 @@ class EmsService:
             self.save_kpis()
         self._log_changes(report)
         self.last_report = report
-        for listener in self.listeners:
-            listener(report)
         return report
 
     def _sessions(self, states: Mapping[str, ChargePointState], now: float) -> None:
