@@ -15,38 +15,17 @@ delay of up to 300 s an opening edge has, by design, no quick answer to time).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import tempfile
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 from bench import Result, Spec
-from bench.latency import (
-    EV,
-    Event,
-    Load,
-    Probe,
-    Rig,
-    TimedPilot,
-    _document,
-    _events,
-    _json_work,
-    _nothing,
-    _records_per_chunk,
-    _result,
-    _until,
-    logging_to,
-)
-from firmware.app import freeze_startup_heap
+from bench.latency import Event, Rig, _nothing, _result, measure
 from firmware.core.duty import duty_for_current
-from firmware.evse.connector import Connector
 from firmware.evse.contacts import ContactInputs
 from firmware.evse.limit_port import LimitPort
-from firmware.store.db import Store
 from hal.board import Board, ContactInput, Contacts, load_board
-from hal.clock import WallClock
-from hal.hardware import open_hardware
+from hal.clock import Clock
+from hal.hardware import Hardware
 
 SPEC = Spec("contact", "dry-contact edge → PWM duty applied (JSON load)", "p99 ≤ 100 ms")
 TARGET_MS = 100.0
@@ -56,8 +35,7 @@ INPUT = "in1"
 def _board() -> Board:
     board = load_board("sim")
     return replace(board, inputs={INPUT: ContactInput(meaning="dim_14a")},
-                   contacts=Contacts(release_delay_max_s=0.0),
-                   timing=replace(board.timing, contactor_min_reclose_s=0.0))
+                   contacts=Contacts(release_delay_max_s=0.0))
 
 
 def _edge(board: Board, rig: Rig, i: int) -> Event:
@@ -68,45 +46,14 @@ def _edge(board: Board, rig: Rig, i: int) -> Event:
     return Event(duty_for_current(amps), partial(rig.plant.set_input, INPUT, closed))
 
 
-async def _measure(events: int) -> tuple[Rig, Load]:
-    board = _board()
-    clock = WallClock()
-    probe = Probe()
-    hw = open_hardware(board, clock)
-    plant = hw.plant
-    assert plant is not None and hw.inputs is not None
-    hw.control_pilot = TimedPilot(plant, probe)
-    load = Load([])
-    with tempfile.TemporaryDirectory(prefix="voltpilot-bench-") as tmp, \
-            logging_to(Path(tmp) / "voltpilot.log", clock):
-        store = Store(Path(tmp) / "voltpilot.db")
-        port = LimitPort()
-        shell = ContactInputs(board, hw.inputs, port, clock.now, seed=events)
-        connector = Connector(1, board, hw, clock, store, port)
-        shell.start()
-        hw.start()
-        connector.start()
-        freeze_startup_heap()
-        doc = _document()
-        work = asyncio.create_task(_json_work(doc, _records_per_chunk(doc), load))
-        try:
-            plant.plug(EV)
-            await _until(lambda: plant.contactor_closed, "the car did not start charging", 0.01)
-            rig = Rig(plant, port, probe)
-            await _events(rig, events, partial(_edge, board), _nothing)
-        finally:
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            shell.stop()
-            connector.shutdown()
-            hw.stop()
-            store.close()
-    return rig, load
-
-
 def run(events: int) -> Result:
-    rig, load = asyncio.run(_measure(events))
+    board = _board()
+
+    def shell(hw: Hardware, port: LimitPort, clock: Clock) -> ContactInputs:
+        assert hw.inputs is not None
+        return ContactInputs(board, hw.inputs, port, clock.now, seed=events)
+
+    rig, load = asyncio.run(measure(events, partial(_edge, board), _nothing, board, shell))
     result = _result(SPEC, TARGET_MS, events, rig, load)
     result.notes.append(f"includes the default debounce of "
                         f"{ContactInput().debounce_s * 1e3:g} ms; release delay set to 0 so "

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench import Result, Spec, ms, percentile, trigger
 from bench.trigger import now_ns
@@ -37,9 +37,9 @@ from firmware.core.limits import Limit, LimitSource
 from firmware.evse.connector import Connector
 from firmware.evse.limit_port import LimitPort
 from firmware.store.db import Store
-from hal.board import load_board
+from hal.board import Board, load_board
 from hal.clock import Clock, WallClock
-from hal.hardware import open_hardware
+from hal.hardware import Hardware, open_hardware
 from hal.sim.backends import SimContactor, SimControlPilot
 from hal.sim.ev import PROFILES
 from hal.sim.plant import Plant
@@ -286,8 +286,23 @@ async def _events(rig: Rig, events: int, make: MakeEvent, settle: Settle) -> Non
             loop.remove_reader(source.fd)
 
 
-async def _measure(events: int, make: MakeEvent, settle: Settle) -> tuple[Rig, Load]:
-    board = load_board("sim")
+class Shell(Protocol):
+    """An adapter started beside the connector (the dry-contact inputs, say)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# Builds the shell from the hardware and the limit port, given the clock.
+MakeShell = Callable[[Hardware, LimitPort, Clock], Shell]
+
+
+async def measure(events: int, make: MakeEvent, settle: Settle, board: Board | None = None,
+                  make_shell: MakeShell | None = None) -> tuple[Rig, Load]:
+    """``events`` events on the sim board (or ``board``) under the JSON load, with an
+    optional shell started before the connector, as the controller starts its adapters."""
+    board = board or load_board("sim")
     board = replace(board, timing=replace(board.timing, contactor_min_reclose_s=0.0))
     clock = WallClock()
     probe = Probe()
@@ -301,7 +316,10 @@ async def _measure(events: int, make: MakeEvent, settle: Settle) -> tuple[Rig, L
             logging_to(Path(tmp) / "voltpilot.log", clock):
         store = Store(Path(tmp) / "voltpilot.db")
         port = LimitPort()
+        shell = make_shell(hw, port, clock) if make_shell is not None else None
         connector = Connector(1, board, hw, clock, store, port)
+        if shell is not None:
+            shell.start()
         hw.start()
         connector.start()
         freeze_startup_heap()  # as `voltpilot run` does once it is up; the load comes after
@@ -316,6 +334,8 @@ async def _measure(events: int, make: MakeEvent, settle: Settle) -> tuple[Rig, L
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
+            if shell is not None:
+                shell.stop()
             connector.shutdown()
             hw.stop()
             store.close()
@@ -357,10 +377,10 @@ def _result(spec: Spec, target_ms: float, events: int, rig: Rig, load: Load) -> 
 
 
 def contactor_latency(events: int) -> Result:
-    rig, load = asyncio.run(_measure(events, _stop_event, _resume))
+    rig, load = asyncio.run(measure(events, _stop_event, _resume))
     return _result(CONTACTOR, CONTACTOR_TARGET_MS, events, rig, load)
 
 
 def limit_latency(events: int) -> Result:
-    rig, load = asyncio.run(_measure(events, _limit_event, _nothing))
+    rig, load = asyncio.run(measure(events, _limit_event, _nothing))
     return _result(LIMIT, LIMIT_TARGET_MS, events, rig, load)
