@@ -17,7 +17,6 @@ The plant's parts behave like their real counterparts, simply:
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from ems.manager import (
     record_reading,
 )
 from ems.model import ChargePointState, Command, Reading, Role
-from ems.site import ChargePointConfig, SiteConfig
+from ems.site import ChargePointConfig, SiteConfig, time_of_day
 from ems.tariff import PricePlan, Slot, price_at
 
 HOUSE_SPLIT = (0.5, 0.3, 0.2)
@@ -476,9 +475,10 @@ def _num(file: str, key: str, value: object, lo: float, hi: float) -> float:
 
 
 def _seconds(file: str, key: str, value: object, end_of_day: bool = False) -> float:
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{2}:[0-9]{2}", value):
-        h, m = int(value[:2]), int(value[3:])
-        if (0 <= h < 24 and 0 <= m < 60) or (end_of_day and (h, m) == (24, 0)):
-            return h * 3600.0 + m * 60.0
+    if end_of_day and value == "24:00":
+        return 86_400.0
+    at = time_of_day(value)
+    if at is not None:
+        return at.hour * 3600.0 + at.minute * 60.0
     raise ConfigError(file, key, "a time of day HH:MM" + (" (24:00 allowed)" if end_of_day
                                                          else ""), value)

@@ -242,14 +242,23 @@ def _charge_point(f: _Reader, c: dict[str, Any], i: int) -> ChargePointConfig:
         target_wh=None if target is None else target * 1000.0)
 
 
-def _clock_time(f: _Reader, value: object, key: str) -> time:
+def time_of_day(value: object) -> time | None:
+    """"HH:MM" (00:00-23:59) as a time of day, None when it is not one: the one reading of a
+    clock time for the site file, the simulation and the controller's ``ems`` command."""
     if isinstance(value, time):
         return value
     if isinstance(value, str):
         m = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", value)
         if m:
             return time(int(m.group(1)), int(m.group(2)))
-    raise ConfigError(f.file, key, "a time of day HH:MM (UTC)", value)
+    return None
+
+
+def _clock_time(f: _Reader, value: object, key: str) -> time:
+    at = time_of_day(value)
+    if at is None:
+        raise ConfigError(f.file, key, "a time of day HH:MM (UTC)", value)
+    return at
 
 
 T = TypeVar("T")

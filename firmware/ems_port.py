@@ -10,7 +10,6 @@ limit takes their place, with the reason, so the charger never runs at the last 
 from __future__ import annotations
 
 import asyncio
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -23,7 +22,7 @@ from ems.model import ChargePointState, Command, Mode
 from ems.mqtt_client import MqttSettings
 from ems.mqtt_link import ChargePointLink
 from ems.service import EmsService
-from ems.site import SiteConfig, load_site
+from ems.site import SiteConfig, load_site, time_of_day
 from ems.sources import SiteInputs, check_inputs, open_inputs
 from firmware import logs
 from firmware.core.iec61851 import Phase
@@ -336,10 +335,10 @@ def departure_time(text: str) -> time | None:
     """"HH:MM" (UTC, every day) or "" to clear."""
     if text == "":
         return None
-    m = re.fullmatch(r"([01][0-9]|2[0-3]):([0-5][0-9])", text)
-    if m is None:
+    at = time_of_day(text)
+    if at is None:
         raise CommandError(f"departure: expected HH:MM (UTC) or \"\", got {text!r}")
-    return time(int(m.group(1)), int(m.group(2)))
+    return at
 
 
 def ems_command(ems: Callable[[], LocalEms | None]) -> ControlCommand:
