@@ -4,6 +4,7 @@ open within the time the standard allows, and the right fault code."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,25 @@ def test_limit_change_mid_session_reaches_the_pwm_at_once(tmp_path: Path) -> Non
         await rig.until(rig.t + 3)
         assert rig.plant.meter_sample.current_a[0] == pytest.approx(16.0)
         assert rig.plant.contactor_closed and rig.phase is Phase.CHARGING
+
+    Rig.run(tmp_path, scenario)
+
+
+def test_a_limit_ends_at_its_valid_until_not_at_the_next_tick(tmp_path: Path) -> None:
+    """A VPP activation until a settlement boundary, or an OCPP schedule's end, must release
+    at its time: the connector wakes for it instead of waiting for its next periodic step."""
+    async def scenario(rig: Rig) -> None:
+        await rig.charging()
+        await rig.until(rig.t + 5.05)
+        until = rig.clock.now() + 0.3  # well inside one tick (1 s on the sim board)
+        rig.limits.submit(Limit.of(LimitSource.VPP, "activation", amps=8, valid_until=until))
+        assert rig.plant.duty == 13.3
+        duties: list[tuple[float, float]] = []
+        while rig.clock.now() < until + 0.2:
+            duties.append((rig.clock.now(), rig.plant.duty))
+            await asyncio.sleep(0.01)
+        released = [t for t, duty in duties if duty == 53.3]
+        assert released and released[0] - until < 0.02
 
     Rig.run(tmp_path, scenario)
 
